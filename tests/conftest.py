@@ -1,0 +1,81 @@
+"""Session fixtures shared by the test suite: golden vectors and project-built models.
+
+Models are built by the project's own conversion code (no downloads) and cached under
+`.cache/test-models/`, keyed by a hash of the conversion sources, so a second test run on the
+same checkout reuses them and a change to the converter rebuilds them.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_CACHE = REPO / ".cache" / "test-models"
+
+
+def _sources_hash(*globs: str) -> str:
+    h = hashlib.sha256()
+    for pattern in globs:
+        for path in sorted(REPO.glob(pattern)):
+            h.update(str(path.relative_to(REPO)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _build_once(name: str, command: list[str], output: Path) -> Path:
+    """Run a model-building command into a temp name and rename it atomically."""
+    if output.exists():
+        return output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f"{output.stem}.{os.getpid()}.partial.tflite")
+    cmd = [arg if arg != "{out}" else str(partial) for arg in command]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0 or not partial.exists():
+        raise RuntimeError(f"building {name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    partial.replace(output)
+    sidecar = partial.with_name(partial.name + ".json")
+    if sidecar.exists():
+        sidecar.replace(output.with_name(output.name + ".json"))
+    return output
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    path = Path(os.environ.get("METRIC3D_GOLDEN_DIR", REPO.parent / "shared" / "golden")).resolve()
+    if not (path / "depth_canonical_f32.npy").exists():
+        raise FileNotFoundError(f"golden vectors not found in {path}; set METRIC3D_GOLDEN_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def stand_in_model() -> Path:
+    """Small .tflite with the exact I/O contract and our metadata (built in seconds)."""
+    key = _sources_hash("conversion/stand_in.py", "conversion/metadata.py", "backend/model_info.py")
+    out = MODEL_CACHE / f"stand_in-{key}.tflite"
+    return _build_once("stand-in model", [sys.executable, "-m", "conversion.stand_in", "--output", "{out}"], out)
+
+
+def _conversion_key() -> str:
+    return _sources_hash("conversion/**/*.py", "backend/model_info.py")
+
+
+@pytest.fixture(scope="session")
+def full_model_fp32() -> Path:
+    """The full Metric3D v2 ViT-S architecture with seed-0 random weights, fp32 (slow: ~1 min)."""
+    out = MODEL_CACHE / f"metric3d_random0_fp32-{_conversion_key()}.tflite"
+    cmd = [sys.executable, "-m", "conversion", "convert", "--random-weights", "0",
+           "--precision", "fp32", "--output", "{out}"]
+    return _build_once("full model (fp32)", cmd, out)
+
+
+@pytest.fixture(scope="session")
+def full_model_fp16(full_model_fp32: Path) -> Path:
+    """fp16-weight version of full_model_fp32, made by quantizing it (no second conversion)."""
+    out = MODEL_CACHE / f"metric3d_random0_fp16-{_conversion_key()}.tflite"
+    cmd = [sys.executable, "-m", "conversion", "quantize", "--input", str(full_model_fp32), "--output", "{out}"]
+    return _build_once("full model (fp16)", cmd, out)
