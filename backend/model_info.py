@@ -21,7 +21,12 @@ Metadata JSON (format 1):
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import mmap
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 METADATA_NAME = "metric3d_litert"
 METADATA_FORMAT = 1
@@ -46,3 +51,134 @@ class ModelInfo:
     converter: str  # "metric3d-litert/conversion 0.1.0" or "unknown"
     published: bool  # True when no metadata: assumed to be the published conversion
     metadata: dict | None  # the raw JSON document, or None
+
+
+class ModelInfoError(ValueError):
+    """The file is not a TFLite model, or its metadata cannot be understood."""
+
+
+_TFLITE_IDENTIFIER = b"TFL3"
+_HASH_CHUNK = 1 << 20
+_sha256_cache: dict[tuple[str, int, int], str] = {}
+_sha256_lock = threading.Lock()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in chunks and cached by (path, mtime, size): models are ~80 MB."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    with _sha256_lock:
+        if key in _sha256_cache:
+            return _sha256_cache[key]
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    with _sha256_lock:
+        _sha256_cache[key] = digest.hexdigest()
+    return _sha256_cache[key]
+
+
+def read_metadata_json(path: str | Path) -> dict | None:
+    """The METADATA_NAME document of a .tflite file, or None when the model has none.
+
+    The buffer is inline (`data`) for normal models and `offset`/`size` from the file
+    start for models written in the >2 GB layout; both are read without loading weights.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    path = Path(path)
+    with path.open("rb") as f:
+        if f.read(8)[4:8] != _TFLITE_IDENTIFIER:
+            raise ModelInfoError(f"{path} is not a TFLite model (no 'TFL3' identifier).")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            raw = _metadata_bytes(schema.Model.GetRootAs(view, 0), view, path)
+    if raw is None:
+        return None
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelInfoError(f"{path}: metadata '{METADATA_NAME}' is not valid UTF-8 JSON ({exc}).") from exc
+    if not isinstance(document, dict):
+        raise ModelInfoError(f"{path}: metadata '{METADATA_NAME}' is not a JSON object.")
+    return document
+
+
+def _metadata_bytes(model, view: mmap.mmap, path: Path) -> bytes | None:
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() is None or entry.Name().decode("utf-8", "replace") != METADATA_NAME:
+            continue
+        index = entry.Buffer()
+        if index >= model.BuffersLength():
+            raise ModelInfoError(f"{path}: metadata '{METADATA_NAME}' points to missing buffer {index}.")
+        buffer = model.Buffers(index)
+        offset, size = buffer.Offset(), buffer.Size()
+        if offset > 1 and size > 0:
+            if offset + size > len(view):
+                raise ModelInfoError(f"{path}: metadata '{METADATA_NAME}' lies past the end of the file (truncated?).")
+            return bytes(view[offset:offset + size])
+        data = buffer.DataAsNumpy()
+        raw = data.tobytes() if buffer.DataLength() else b""
+        del data  # a numpy view keeps the mmap open
+        return raw
+    return None
+
+
+def _describe_source(source: object) -> str:
+    if isinstance(source, dict):
+        if "checkpoint_sha256" in source:
+            return f"official checkpoint (sha256 {str(source['checkpoint_sha256'])[:12]}…)"
+        if "random_seed" in source:
+            return f"random weights (seed {source['random_seed']})"
+        if "stand_in" in source:
+            return f"I/O stand-in, not a depth model ({source['stand_in']})"
+    return json.dumps(source) if source else "unknown"
+
+
+def _triple(values: object, default: tuple[float, float, float], what: str, path: Path) -> tuple[float, float, float]:
+    if values is None:
+        return default
+    if not isinstance(values, list) or len(values) != 3:
+        raise ModelInfoError(f"{path}: metadata {what} must be a list of 3 numbers, got {values!r}.")
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
+def model_info_from_metadata(path: str | Path, sha256: str, document: dict | None) -> ModelInfo:
+    """Combine a metadata document (or its absence) with the contract defaults."""
+    path = Path(path)
+    if document is None:
+        return ModelInfo(
+            path=str(path), sha256=sha256, input_size=DEFAULT_INPUT_SIZE, mean=IMAGENET_MEAN,
+            std=IMAGENET_STD, canonical_focal_px=CANONICAL_FOCAL_PX, precision="unknown",
+            source="published conversion (litert-samples; deviates from upstream)",
+            converter="unknown", published=True, metadata=None,
+        )
+    if document.get("format") != METADATA_FORMAT:
+        raise ModelInfoError(f"{path}: metadata format {document.get('format')!r} is not supported "
+                             f"(this app reads format {METADATA_FORMAT}).")
+    inp = document.get("input") or {}
+    out = document.get("output") or {}
+    shape = inp.get("shape", [1, 3, DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE])
+    if not (isinstance(shape, list) and len(shape) == 4 and shape[2] == shape[3]):
+        raise ModelInfoError(f"{path}: metadata input shape {shape!r} is not [1, 3, S, S].")
+    converter = document.get("converter") or {}
+    return ModelInfo(
+        path=str(path), sha256=sha256, input_size=int(shape[2]),
+        mean=_triple(inp.get("mean"), IMAGENET_MEAN, "input.mean", path),
+        std=_triple(inp.get("std"), IMAGENET_STD, "input.std", path),
+        canonical_focal_px=float(out.get("canonical_focal_px", CANONICAL_FOCAL_PX)),
+        precision=str(document.get("precision", "unknown")),
+        source=_describe_source(document.get("source")),
+        converter=" ".join(str(converter[k]) for k in ("name", "version") if k in converter) or "unknown",
+        published=False, metadata=document,
+    )
+
+
+def read_model_info(path: str | Path) -> ModelInfo:
+    """Identity and contract of a .tflite file: embedded metadata, else the published defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelInfoError(f"model file not found: {path}")
+    return model_info_from_metadata(path, file_sha256(path), read_metadata_json(path))

@@ -3,7 +3,7 @@
 The full Metric3D conversion takes about a minute and a run takes seconds on the CPU; app,
 engine and device tests need a model that loads and runs in milliseconds but still behaves
 like the real one at the boundary: input `image` [1,3,S,S] float32 (ImageNet-normalized
-0-255 RGB), output `depth` [1,1,S,S] float32 canonical depth in [0.1, 200] that depends on
+0-255 RGB), output `depth` [1,1,S,S] float32 canonical depth in (0.1, 20) m that depends on
 the image content (so distinct images give distinct depth maps). It uses only GPU-safe ops.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ class StandInDepth(nn.Module):
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.head(self.down(image))
         logits = F.interpolate(logits, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        depth = 0.1 + 199.9 * torch.sigmoid(logits - 2.0)
+        depth = 0.1 + 19.9 * torch.sigmoid(8.0 * logits)
         return {"depth": depth}
 
 

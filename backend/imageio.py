@@ -1,0 +1,280 @@
+"""Decode an uploaded image into upright 8-bit RGB plus the EXIF facts that give its focal length.
+
+Everything a user may drop on the page goes through here, so every failure becomes an
+ImageError whose message says what was wrong and what to do. Decisions:
+- Orientation: the EXIF Orientation tag is applied first (ImageOps.exif_transpose), so the
+  array, its width and height, and the EXIF focal-plane resolutions all describe the upright
+  image the user sees.
+- Transparency (RGBA, LA, palette with transparency): composited on white. Dropping alpha
+  would expose whatever colour the encoder left under transparent pixels (often black or
+  noise), which the network would read as scene content.
+- High bit depth: 16-bit integer modes are scaled by 255/65535 (full range kept, not clipped);
+  32-bit integer and float images are scaled from their own range (floats already in [0, 1]
+  are scaled by 255).
+- Animated files (GIF, WebP, APNG, multi-page TIFF): the first frame.
+- Size: files over max_bytes and images over max_pixels are refused before decoding
+  (decompression bombs); sides under MIN_SIDE pixels are refused, since the network sees a
+  448 x 448 crop and a tiny image carries no depth cues.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MIN_SIDE = 16
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+# Pillow's JPEG opener also handles the multi-picture JPEGs many phones write (format "MPO").
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+
+_EXIF_IFD = 0x8769
+_TAG_MAKE = 0x010F
+_TAG_MODEL = 0x0110
+_TAG_ORIENTATION = 0x0112
+_TAG_FOCAL_LENGTH = 0x920A
+_TAG_FOCAL_35MM = 0xA405
+_TAG_FOCAL_PLANE_X_RES = 0xA20E
+_TAG_FOCAL_PLANE_Y_RES = 0xA20F
+_TAG_FOCAL_PLANE_UNIT = 0xA210
+_TAG_PIXEL_X_DIMENSION = 0xA002
+_TAG_PIXEL_Y_DIMENSION = 0xA003
+# FocalPlaneResolutionUnit values (EXIF 2.3; 1 = no unit, 2 = inch is the default).
+_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}
+# Orientations 5-8 swap the image axes (transpose, rotate 90/270, transverse).
+_AXIS_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+
+
+class ImageError(ValueError):
+    """The upload cannot be used; the message is written for the person who sent it."""
+
+
+@dataclass(frozen=True)
+class ExifCamera:
+    """EXIF facts needed to turn a focal length into pixels.
+
+    Focal-plane resolutions and pixel dimensions are given in the orientation of the
+    upright image (swapped when the Orientation tag rotates by 90 degrees), so they can be
+    used with the width and height of LoadedImage.rgb directly.
+    """
+
+    focal_35mm: float | None = None
+    focal_mm: float | None = None
+    focal_plane_x_res: float | None = None  # pixels per unit along the upright image's x
+    focal_plane_y_res: float | None = None
+    focal_plane_unit_mm: float | None = None  # length of one resolution unit in mm
+    make: str | None = None
+    model: str | None = None
+    pixel_x_dimension: int | None = None  # image width the camera recorded (upright)
+    pixel_y_dimension: int | None = None
+
+    @property
+    def camera_name(self) -> str | None:
+        """'Make Model' without repeating the make when the model already starts with it."""
+        if self.make and self.model and self.model.lower().startswith(self.make.lower()):
+            return self.model
+        parts = [p for p in (self.make, self.model) if p]
+        return " ".join(parts) or None
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An upright 8-bit RGB image and where it came from."""
+
+    rgb: np.ndarray  # uint8 [H, W, 3], EXIF orientation applied
+    exif: ExifCamera
+    format: str  # Pillow format name, e.g. "JPEG", "PNG"
+    original_mode: str  # Pillow mode before conversion, e.g. "RGBA", "I;16", "CMYK"
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+
+def load_image(
+    source: bytes | str | os.PathLike,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> LoadedImage:
+    """Decode `source` (file bytes or a path) into an upright RGB image; raise ImageError."""
+    data = _read_source(source, max_bytes)
+    with warnings.catch_warnings():
+        # Our own max_pixels check below is the authority; Pillow's global limit stays
+        # as a backstop (DecompressionBombError) for absurd headers.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"The image is too large to process safely ({exc}).") from exc
+        except UnidentifiedImageError as exc:
+            raise ImageError(_unidentified_message(data)) from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageError(f"The image file is damaged or incomplete: its header cannot be read ({exc}).") from exc
+        with im:
+            return _decode(im, max_pixels)
+
+
+def _read_source(source: bytes | str | os.PathLike, max_bytes: int) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        path = os.fspath(source)
+        try:
+            size = os.path.getsize(path)
+        except OSError as exc:
+            raise ImageError(f"The image file {path!r} cannot be opened ({exc.strerror}).") from exc
+        if size > max_bytes:
+            raise ImageError(_too_many_bytes(size, max_bytes))
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise ImageError(f"The image file {path!r} cannot be read ({exc.strerror}).") from exc
+    if not data:
+        raise ImageError("The file is empty (0 bytes); please upload an image.")
+    if len(data) > max_bytes:
+        raise ImageError(_too_many_bytes(len(data), max_bytes))
+    return data
+
+
+def _too_many_bytes(size: int, max_bytes: int) -> str:
+    return f"The file is {size / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB."
+
+
+def _unidentified_message(data: bytes) -> str:
+    head = data[:32]
+    if b"ftypheic" in head or b"ftypheix" in head or b"ftypmif1" in head or b"ftyphevc" in head:
+        return ("This is a HEIC/HEIF photo, which this demo cannot decode. "
+                "Export it as JPEG (keeps the EXIF focal length) and upload that.")
+    if b"ftypavif" in head:
+        return "This is an AVIF image, which this demo cannot decode. Please upload JPEG, PNG or WebP."
+    return ("The file is not an image this demo can read. "
+            f"Supported formats: {', '.join(ACCEPTED_FORMATS)}.")
+
+
+def _decode(im: Image.Image, max_pixels: int) -> LoadedImage:
+    width, height = im.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"The image is {width} x {height} = {width * height / 1e6:.1f} megapixels; "
+            f"the limit is {max_pixels / 1e6:.0f} megapixels. Please downscale it.")
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(
+            f"The image is only {width} x {height} pixels; each side needs at least {MIN_SIDE} pixels.")
+    fmt = im.format or "unknown"
+    exif = _exif_camera(im)
+    try:
+        im.seek(0)
+        im.load()
+        upright = ImageOps.exif_transpose(im)
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"The {fmt} file is damaged or incomplete ({exc}).") from exc
+    original_mode = im.mode
+    try:
+        rgb = _to_rgb8(upright)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ImageError):
+            raise
+        raise ImageError(f"Images in colour mode {original_mode} cannot be converted to RGB ({exc}).") from exc
+    return LoadedImage(rgb=rgb, exif=exif, format=fmt, original_mode=original_mode)
+
+
+def _to_rgb8(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im, dtype=np.uint8).copy()
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8).copy()
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        gray = _high_depth_to_uint8(np.asarray(im), mode)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _high_depth_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Map a 16/32-bit or float gray image onto 0-255 without clipping its range."""
+    v = values.astype(np.float64)
+    if mode.startswith("I;16"):
+        scaled = v * (255.0 / 65535.0)
+    else:
+        finite = v[np.isfinite(v)]
+        if finite.size == 0:
+            raise ImageError("The image contains no finite pixel values.")
+        lo, hi = float(finite.min()), float(finite.max())
+        if mode == "F" and lo >= 0.0 and hi <= 1.0:
+            scaled = v * 255.0
+        elif mode == "I" and lo >= 0.0 and hi <= 65535.0 and hi > 255.0:
+            scaled = v * (255.0 / 65535.0)
+        elif mode == "I" and lo >= 0.0 and hi <= 255.0:
+            scaled = v
+        else:
+            scaled = (v - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(v)
+        scaled = np.where(np.isfinite(scaled), scaled, 0.0)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _exif_camera(im: Image.Image) -> ExifCamera:
+    try:
+        base = im.getexif()
+        ifd = base.get_ifd(_EXIF_IFD)
+    except Exception:  # noqa: BLE001 - broken EXIF must never stop a photo from loading
+        return ExifCamera()
+    x_res = _positive(ifd.get(_TAG_FOCAL_PLANE_X_RES))
+    y_res = _positive(ifd.get(_TAG_FOCAL_PLANE_Y_RES))
+    px_x = _positive_int(ifd.get(_TAG_PIXEL_X_DIMENSION))
+    px_y = _positive_int(ifd.get(_TAG_PIXEL_Y_DIMENSION))
+    if _positive_int(base.get(_TAG_ORIENTATION)) in _AXIS_SWAPPING_ORIENTATIONS:
+        x_res, y_res = y_res, x_res
+        px_x, px_y = px_y, px_x
+    unit_mm = None
+    if x_res is not None or y_res is not None:
+        unit = _positive_int(ifd.get(_TAG_FOCAL_PLANE_UNIT))
+        unit_mm = _UNIT_MM.get(2 if unit is None else unit)
+    return ExifCamera(
+        focal_35mm=_positive(ifd.get(_TAG_FOCAL_35MM)),
+        focal_mm=_positive(ifd.get(_TAG_FOCAL_LENGTH)),
+        focal_plane_x_res=x_res,
+        focal_plane_y_res=y_res,
+        focal_plane_unit_mm=unit_mm,
+        make=_text(base.get(_TAG_MAKE)),
+        model=_text(base.get(_TAG_MODEL)),
+        pixel_x_dimension=px_x,
+        pixel_y_dimension=px_y,
+    )
+
+
+def _positive(value: object) -> float | None:
+    """EXIF rationals may be 0/0 or garbage; only finite positive numbers count."""
+    if isinstance(value, tuple) and len(value) == 2:
+        num, den = value
+        value = num / den if den else None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _positive_int(value: object) -> int | None:
+    number = _positive(value)
+    return int(round(number)) if number is not None else None
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        return None
+    cleaned = value.replace("\x00", "").strip()
+    return cleaned or None

@@ -1,0 +1,191 @@
+"""GPU-safe replacements for the PyTorch ops of Metric3D that LiteRT's GPU delegate cannot run.
+
+Each function or module here computes the same values as the op it replaces (to fp32
+rounding) using only ops the audit allows: no GELU, POW, WHERE/SELECT, GATHER(_ND),
+TRANSPOSE_CONV or RESIZE_NEAREST_NEIGHBOR, and no tensor above 4D. Each one is unit-tested
+against the original op in tests/test_export_rewrites.py.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Abramowitz & Stegun 7.1.26: erf(z) = 1 - t(a1 + t(a2 + ...)) exp(-z^2), t = 1/(1 + p z),
+# for z >= 0, |error| <= 1.5e-7.
+_AS_P = 0.3275911
+_AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+
+
+def gelu_erf(x: torch.Tensor) -> torch.Tensor:
+    """Exact-erf GELU from ABS/MUL/ADD/DIV/EXP/RELU only.
+
+    x*erf(x/sqrt2) is even in x, so GELU(x) = 0.5x + 0.5|x|erf(|x|/sqrt2)
+    = relu(x) - 0.5|x| P(t) exp(-x^2/2): no sign or select is needed, and for large |x|
+    the result is relu(x) exactly. tanh-GELU would be off by ~1e-3; this is within ~1e-7.
+    """
+    a = torch.abs(x)
+    t = 1.0 / (1.0 + (_AS_P * _INV_SQRT2) * a)
+    poly = _AS_A[4]
+    for coeff in reversed(_AS_A[:4]):
+        poly = coeff + t * poly
+    poly = t * poly
+    return F.relu(x) - (0.5 * a) * poly * torch.exp(-0.5 * (x * x))
+
+
+def elu_select_free(x: torch.Tensor) -> torch.Tensor:
+    """ELU(alpha=1) as relu(x) + exp(min(x, 0)) - 1 (PyTorch's F.elu lowers to SELECT)."""
+    return F.relu(x) + torch.exp(torch.clamp(x, max=0.0)) - 1.0
+
+
+def layer_norm_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm over the last dim with reductions that cannot overflow in fp16.
+
+    MEAN and the variance are sums of pre-scaled terms (x/N and (d/sqrt N)^2), so no partial
+    sum exceeds the largest term: a plain fp16 SUM of 384 squares overflows on Mali GPUs.
+    """
+    n = x.shape[-1]
+    mean = torch.sum(x * (1.0 / n), dim=-1, keepdim=True)
+    d = x - mean
+    ds = d * (1.0 / math.sqrt(n))
+    var = torch.sum(ds * ds, dim=-1, keepdim=True)
+    return d * torch.rsqrt(var + eps) * weight + bias
+
+
+class LayerNormLast(nn.Module):
+    """nn.LayerNorm(dim) with the fp16-safe reductions of layer_norm_last."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm_last(x, self.weight, self.bias, self.eps)
+
+
+class LayerNormChannels(LayerNormLast):
+    """Upstream's LayerNorm2d: LayerNorm over C of an NCHW tensor (permute, norm, permute back)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class SubPixelConvTranspose(nn.Module):
+    """ConvTranspose2d(kernel k, stride k, padding 0) without TRANSPOSE_CONV.
+
+    With kernel == stride each output pixel (k*h+a, k*w+b) comes from exactly one input
+    pixel: it is a 1x1 conv to Cout*k*k channels (channel o*k*k + a*k + b) followed by a
+    pixel shuffle. Same sums as the transposed conv, no zero-stuffing waste.
+    """
+
+    def __init__(self, deconv: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        k = deconv.kernel_size[0]
+        if deconv.kernel_size != (k, k) or deconv.stride != (k, k) or deconv.padding != (0, 0) \
+                or deconv.groups != 1 or deconv.dilation != (1, 1) or deconv.output_padding != (0, 0):
+            raise ValueError(f"only kernel == stride, no padding is supported, got {deconv}")
+        w = deconv.weight.detach()  # [Cin, Cout, k, k]
+        cin, cout = w.shape[:2]
+        self.k = k
+        self.conv = nn.Conv2d(cin, cout * k * k, 1)
+        self.conv.weight.data.copy_(w.permute(1, 2, 3, 0).reshape(cout * k * k, cin, 1, 1))
+        bias = deconv.bias.detach() if deconv.bias is not None else torch.zeros(cout)
+        self.conv.bias.data.copy_(bias.repeat_interleave(k * k))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(self.conv(x), self.k)
+
+
+def neighbour_kernels() -> torch.Tensor:
+    """[9,1,3,3] one-hot kernels: channel k = ki*3 + kj picks x[h+ki-1, w+kj-1] (F.unfold order)."""
+    return torch.eye(9).reshape(9, 1, 3, 3)
+
+
+class Neighbours3x3(nn.Module):
+    """F.unfold(x, 3, padding=1) of a 1-channel map as a conv with constant one-hot kernels.
+
+    F.unfold lowers to GATHER_ND; the kernels are a stored constant (building them in
+    forward would put IOTA/EQUAL/CAST ops in the graph).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("kernels", neighbour_kernels())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.kernels, padding=1)
+
+
+def nearest_index(size_in: int, scale: float) -> torch.Tensor:
+    """The source index PyTorch's own nearest resize picks for each output pixel along one axis.
+
+    Taken from F.interpolate itself (on an arange) so the rounding of floor(dst / scale) in
+    float is exactly upstream's, including the cases where dst / scale is an integer.
+    """
+    probe = torch.arange(size_in, dtype=torch.float32).view(1, 1, size_in, 1).expand(1, 1, size_in, size_in)
+    picked = F.interpolate(probe.contiguous(), scale_factor=scale, mode="nearest")
+    return picked[0, 0, :, 0].round().long()
+
+
+class NearestResize(nn.Module):
+    """F.interpolate(mode="nearest", scale_factor=s) of a fixed HxW map as two 0/1 matrix products.
+
+    Each output is 1.0 * one input + 0.0 * the rest, so the result is exact, and the graph
+    uses FULLY_CONNECTED + TRANSPOSE instead of GATHER / RESIZE_NEAREST_NEIGHBOR.
+    """
+
+    def __init__(self, height: int, width: int, scale: float) -> None:
+        super().__init__()
+        rows, cols = nearest_index(height, scale), nearest_index(width, scale)
+        self.register_buffer("pick_rows", F.one_hot(rows, height).float())  # [Hout, H]
+        self.register_buffer("pick_cols", F.one_hot(cols, width).float())  # [Wout, W]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.linear(x, self.pick_cols)  # [B, C, H, Wout]
+        x = F.linear(x.transpose(2, 3), self.pick_rows)  # [B, C, Wout, Hout]
+        return x.transpose(2, 3)
+
+
+def avg_pool_3x3_s2_include_pad(x: torch.Tensor) -> torch.Tensor:
+    """F.avg_pool2d(x, 3, 2, 1) with count_include_pad=True: explicit zero pad, then VALID pool.
+
+    TFLite's SAME-padded AVERAGE_POOL_2D would exclude the padding from the count.
+    """
+    return F.avg_pool2d(F.pad(x, (1, 1, 1, 1)), 3, stride=2)
+
+
+def resize_bilinear_ac(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear resize with align_corners=True, as every upstream decoder resize uses.
+
+    With align_corners=True PyTorch uses (in-1)/(out-1) whatever scale_factor says, so a
+    fixed output size gives the same result as upstream's scale_factor calls.
+    """
+    return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=True)
+
+
+class ConvexUpsample(nn.Module):
+    """RAFT convex upsampling of a 1-channel [1,1,H,W] map with mask logits [1,9*f*f,H,W].
+
+    Mask channel k*f*f + i*f + j weighs neighbour k (3x3, zero padded) for output pixel
+    (f*h+i, f*w+j); softmax over k. Written with <= 4D tensors and the softmax on the last
+    axis (the GPU's channel axis) instead of upstream's 7D views and F.unfold.
+    """
+
+    def __init__(self, factor: int = 4) -> None:
+        super().__init__()
+        self.factor = factor
+        self.neighbours = Neighbours3x3()
+
+    def forward(self, flow: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = flow.shape
+        f = self.factor
+        weights = torch.softmax(mask.reshape(9, f * f, h * w).permute(1, 2, 0), dim=-1)  # [ff, HW, 9]
+        neigh = self.neighbours(flow).reshape(9, h * w).transpose(0, 1)  # [HW, 9]
+        up = torch.sum(weights * neigh, dim=-1)  # [ff, HW]
+        up = up.reshape(f, f, h, w).permute(2, 0, 3, 1)  # [H, i, W, j]
+        return up.reshape(1, 1, f * h, f * w)

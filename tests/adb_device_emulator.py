@@ -1,0 +1,1101 @@
+"""An emulated Pixel for tests: the device side of the adb transport, over TCP.
+
+Why: the device link (push, shell, runner start, localabstract sockets, faults) must be
+tested through the REAL adb server and adbutils, and no phone is attached here. The
+real server accepts this emulator after `adb connect 127.0.0.1:PORT`, exactly like a
+phone on Wi-Fi debugging, so everything above the transport is the production path.
+
+What it speaks (AOSP adb protocol.txt / SERVICES.TXT / SYNC.TXT, own implementation):
+- CNXN with version 0x01000001 (no checksums), AUTH (for the "unauthorized" state),
+  OPEN/OKAY/WRTE/CLSE with one WRTE in flight per stream until OKAY; a failed OPEN is CLSE.
+- `shell:CMD`, `exec:CMD` (raw output, then CLSE) and `shell,v2,...:CMD` (packets:
+  id byte + u32 length; 1 stdout, 2 stderr, 3 exit code).
+- `sync:` STAT, STA2/LST2, LIST, SEND "path,mode" + DATA... + DONE(mtime), RECV, QUIT;
+  sync packets may span WRTE boundaries.
+- `localabstract:NAME` and `tcp:PORT`: bytes pumped both ways to the host socket of the
+  same name (Linux abstract unix sockets work on the host) or to 127.0.0.1:PORT.
+
+The sandbox (what "on the phone" means here):
+- The device filesystem is a host folder `root`; device path /X is `root/X` ('..' cannot
+  leave it). /data/local/tmp exists; /dev/null is the host's.
+- Shell commands go through a small POSIX-like parser (quotes, backslash, `;` `&&` `||`
+  `&`, `>` `>>` `2>` `2>&1` `<`, leading VAR=value, `$!` `$?`). Pipes, globs, `$VAR`,
+  sub-shells are refused with exit 2 rather than misinterpreted.
+- Built-ins run in Python on the sandbox: getprop, sha256sum, chmod, ls, rm, mkdir,
+  cat, echo, cd, test, kill, pidof, ps, sleep, true, false, exit, nohup/setsid prefixes.
+- A command with a '/' runs the sandbox file for real as a host process (the tests push
+  the HOST runner build, so `/data/local/tmp/.../metric3d_runner ARGS` runs it).
+  `program_map` can instead map a device path or basename to another host executable.
+  In arguments and VAR=value, the text "/data/local/tmp" becomes the host folder, so
+  paths given to the runner resolve inside the sandbox. Processes get stdin /dev/null,
+  a new session, and survive the shell stream (as with nohup on a phone); `kill`,
+  `pidof` and `ps` see only processes this emulator started; close() kills them all.
+
+Faults for tests: unplug()/replug() (drop the transport and refuse reconnects),
+set_state("unauthorized") (answer CNXN with AUTH and never accept), `abi` (what
+`getprop ro.product.cpu.abi` says), kill_on_next_socket_data(name) (SIGKILL a process
+when the next bytes for a localabstract socket arrive: a crash mid-request).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import posixpath
+import re
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+A_CNXN, A_AUTH, A_OPEN = 0x4E584E43, 0x48545541, 0x4E45504F
+A_OKAY, A_CLSE, A_WRTE = 0x59414B4F, 0x45534C43, 0x45545257
+A_VERSION_SKIP_CHECKSUM = 0x01000001
+MAX_PAYLOAD = 1024 * 1024
+AUTH_TOKEN, AUTH_SIGNATURE, AUTH_RSAPUBLICKEY = 1, 2, 3
+SYNC_DATA_MAX = 64 * 1024
+DEVICE_TMP = "/data/local/tmp"
+FEATURES = "shell_v2,cmd,stat_v2,ls_v2,fixed_push_mkdir,fixed_push_symlink_timestamp"
+PIXEL_8A_PROPS = {
+    "ro.product.name": "akita",
+    "ro.product.model": "Pixel 8a",
+    "ro.product.device": "akita",
+    "ro.product.manufacturer": "Google",
+    "ro.build.version.release": "15",
+    "ro.build.version.sdk": "35",
+}
+
+
+def _packet(command: int, arg0: int, arg1: int, data: bytes = b"") -> bytes:
+    """One adb message: 24-byte header (checksum 0: skipped at version 0x01000001) + payload."""
+    return struct.pack("<6I", command, arg0, arg1, len(data), 0, command ^ 0xFFFFFFFF) + data
+
+
+# ----------------------------------------------------------------------------- the file system
+
+
+class DeviceFs:
+    """Maps device paths to a host folder; nothing can resolve outside it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        (root / DEVICE_TMP.lstrip("/")).mkdir(parents=True, exist_ok=True)
+
+    def host(self, device_path: str, cwd: str = "/") -> str:
+        if device_path == "/dev/null":
+            return os.devnull
+        absolute = posixpath.normpath(posixpath.join(cwd, device_path))
+        return str(self.root / absolute.lstrip("/")) if absolute != "/" else str(self.root)
+
+    def map_text(self, text: str) -> str:
+        """Rewrites /data/local/tmp inside an argument so the host runner finds its files."""
+        return text.replace(DEVICE_TMP, self.host(DEVICE_TMP))
+
+
+# ----------------------------------------------------------------------------- the shell parser
+
+
+class ShellSyntaxError(ValueError):
+    """A command the emulator's shell refuses (it would rather fail than guess)."""
+
+
+@dataclass
+class Word:
+    parts: list[tuple[str, str]] = field(default_factory=list)  # (text, "plain" | "quoted" | "var")
+
+    def add(self, text: str, kind: str) -> None:
+        if self.parts and kind != "var" and self.parts[-1][1] == kind:
+            self.parts[-1] = (self.parts[-1][0] + text, kind)
+        else:
+            self.parts.append((text, kind))
+
+    def expand(self, variables: dict[str, str]) -> str:
+        return "".join(variables[t] if kind == "var" else t for t, kind in self.parts)
+
+    def assignment(self) -> tuple[str, Word] | None:
+        """NAME=value when NAME= is written unquoted at the start, as in sh."""
+        if not self.parts or self.parts[0][1] != "plain":
+            return None
+        match = re.match(r"([A-Za-z_][A-Za-z0-9_]*)=", self.parts[0][0])
+        if not match:
+            return None
+        rest = [(self.parts[0][0][match.end():], "plain")] + self.parts[1:]
+        return match.group(1), Word(rest)
+
+
+OPERATORS = ("2>&1", "&&", "||", ">>", "2>", ";", "&", "|", ">", "<")
+
+
+def tokenize(line: str) -> list[tuple[str, object]]:
+    """Splits a command line into ("op", str) and ("word", Word) tokens."""
+    tokens: list[tuple[str, object]] = []
+    word: Word | None = None
+    i, n = 0, len(line)
+
+    def add(text: str, kind: str) -> None:
+        nonlocal word
+        word = word or Word()
+        word.add(text, kind)
+
+    def flush() -> None:
+        nonlocal word
+        if word is not None:
+            tokens.append(("word", word))
+            word = None
+
+    while i < n:
+        c = line[i]
+        if c in " \t\n":
+            flush()
+            i += 1
+            continue
+        if c in ";&|<>" or (word is None and line.startswith("2>", i)):
+            flush()
+            op = next(o for o in OPERATORS if line.startswith(o, i))
+            tokens.append(("op", op))
+            i += len(op)
+            continue
+        if c == "#" and word is None:
+            break
+        if c == "'":
+            end = line.find("'", i + 1)
+            if end < 0:
+                raise ShellSyntaxError("unterminated single quote")
+            add(line[i + 1:end], "quoted")
+            i = end + 1
+        elif c == '"':
+            i += 1
+            buf = []
+            while True:
+                if i >= n:
+                    raise ShellSyntaxError("unterminated double quote")
+                d = line[i]
+                if d == '"':
+                    i += 1
+                    break
+                if d == "\\" and i + 1 < n and line[i + 1] in '\\"$`\n':
+                    buf.append(line[i + 1])
+                    i += 2
+                    continue
+                if d in "$`":
+                    raise ShellSyntaxError(f"expansion {line[i:i + 2]!r} is not supported by the emulator")
+                buf.append(d)
+                i += 1
+            add("".join(buf), "quoted")
+        elif c == "\\":
+            if i + 1 >= n:
+                raise ShellSyntaxError("trailing backslash")
+            add(line[i + 1], "quoted")
+            i += 2
+        elif c == "$":
+            var = line[i:i + 2]
+            if var not in ("$!", "$?"):
+                raise ShellSyntaxError(f"expansion {var!r} is not supported by the emulator")
+            add(var, "var")
+            i += 2
+        elif c in "*?[]`(){}":
+            raise ShellSyntaxError(f"unquoted {c!r} (glob, sub-shell or group) is not supported by the emulator")
+        else:
+            add(c, "plain")
+            i += 1
+    flush()
+    return tokens
+
+
+@dataclass
+class Command:
+    assignments: list[tuple[str, Word]]
+    argv: list[Word]
+    redirects: list[tuple[str, Word | None]]  # (">"|">>"|"2>"|"<"|"2>&1", target)
+
+
+def parse(line: str) -> list[tuple[Command, str]]:
+    """Command list with the separator that follows each command (";", "&&", "||", "&")."""
+    items: list[tuple[Command, str]] = []
+    current = Command([], [], [])
+    tokens = tokenize(line)
+    i = 0
+    while i < len(tokens):
+        kind, value = tokens[i]
+        if kind == "word":
+            assert isinstance(value, Word)
+            assignment = value.assignment() if not current.argv else None
+            if assignment:
+                current.assignments.append(assignment)
+            else:
+                current.argv.append(value)
+        elif value == "|":
+            raise ShellSyntaxError("pipes are not supported by the emulator")
+        elif value in (">", ">>", "2>", "<"):
+            if i + 1 >= len(tokens) or tokens[i + 1][0] != "word":
+                raise ShellSyntaxError(f"missing file after {value}")
+            current.redirects.append((str(value), tokens[i + 1][1]))  # type: ignore[arg-type]
+            i += 1
+        elif value == "2>&1":
+            current.redirects.append(("2>&1", None))
+        else:
+            if not current.argv and not current.assignments:
+                raise ShellSyntaxError(f"syntax error near {value!r}")
+            items.append((current, str(value)))
+            current = Command([], [], [])
+        i += 1
+    if current.argv or current.assignments:
+        items.append((current, ";"))
+    return items
+
+
+# ----------------------------------------------------------------------------- the shell
+
+
+class _Exit(Exception):
+    def __init__(self, code: int):
+        self.code = code
+
+
+@dataclass
+class Result:
+    code: int = 0
+    out: bytes = b""
+    err: bytes = b""
+
+
+class Sandbox:
+    """Runs shell command lines against the device file system and a process table."""
+
+    def __init__(self, fs: DeviceFs, props: dict[str, str], program_map: dict[str, str]):
+        self.fs = fs
+        self.props = props
+        self.program_map = program_map
+        self.processes: dict[int, tuple[subprocess.Popen, str]] = {}
+        self._lock = threading.Lock()
+
+    # -- process table (host pids of processes this emulator started)
+
+    def live(self) -> dict[int, str]:
+        with self._lock:
+            return {pid: name for pid, (p, name) in self.processes.items() if p.poll() is None}
+
+    def kill(self, pid: int, sig: int = signal.SIGKILL) -> bool:
+        """Signals a live process this emulator started (signal 0 only checks it is alive)."""
+        with self._lock:
+            entry = self.processes.get(pid)
+        if entry is None or entry[0].poll() is not None:
+            return False
+        os.kill(pid, sig)
+        return True
+
+    def kill_all(self) -> None:
+        for pid in self.live():
+            self.kill(pid)
+        with self._lock:
+            procs = [p for p, _ in self.processes.values()]
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=5)
+
+    # -- running command lines
+
+    async def run(self, line: str) -> Result:
+        try:
+            items = parse(line)
+        except ShellSyntaxError as exc:
+            return Result(2, b"", f"/system/bin/sh: {exc}\n".encode())
+        total = Result()
+        env = {"!": "", "?": "0"}
+        cwd = ["/"]
+        status, previous = 0, ";"
+        for command, separator in items:
+            skip = (previous == "&&" and status != 0) or (previous == "||" and status == 0)
+            previous = separator
+            if skip:
+                continue
+            variables = {"$!": env["!"], "$?": str(status)}
+            try:
+                res = await self._run_command(command, variables, cwd, background=separator == "&", env=env)
+            except _Exit as done:
+                status = done.code
+                break
+            total.out += res.out
+            total.err += res.err
+            status = res.code
+        total.code = status
+        return total
+
+    async def _run_command(self, command: Command, variables: dict[str, str], cwd: list[str],
+                           background: bool, env: dict[str, str]) -> Result:
+        argv = [w.expand(variables) for w in command.argv]
+        assigns = {name: w.expand(variables) for name, w in command.assignments}
+        redirects = [(op, w.expand(variables) if w else "") for op, w in command.redirects]
+        detach = False
+        while argv and argv[0] in ("nohup", "setsid"):
+            argv, detach = argv[1:], True
+        if not argv:
+            return Result()
+        name = argv[0]
+        if "/" in name or name in self.program_map:
+            return await asyncio.to_thread(self._spawn, argv, assigns, redirects, cwd[0], background, env)
+        if name == "exit":
+            raise _Exit(int(argv[1]) if len(argv) > 1 and argv[1].isdigit() else int(variables["$?"]))
+        builtin = getattr(self, "_b_" + name, None)
+        if builtin is None:
+            res = Result(127, b"", f"/system/bin/sh: {name}: not found\n".encode())
+        elif name == "cd":
+            res = self._b_cd(argv[1:], cwd)
+        else:
+            res = await asyncio.to_thread(builtin, argv[1:], cwd[0])
+        return self._redirect_result(res, redirects, cwd[0])
+
+    def _redirect_result(self, res: Result, redirects: list[tuple[str, str]], cwd: str) -> Result:
+        out, err = res.out, res.err
+        for op, target in redirects:
+            if op == "2>&1":
+                out, err = out + err, b""
+            elif op in (">", ">>"):
+                with open(self.fs.host(target, cwd), "ab" if op == ">>" else "wb") as f:
+                    f.write(out)
+                out = b""
+            elif op == "2>":
+                with open(self.fs.host(target, cwd), "wb") as f:
+                    f.write(err)
+                err = b""
+        return Result(res.code, out, err)
+
+    def _spawn(self, argv: list[str], assigns: dict[str, str], redirects: list[tuple[str, str]],
+               cwd: str, background: bool, env: dict[str, str]) -> Result:
+        device_program = posixpath.normpath(posixpath.join(cwd, argv[0]))
+        program = self.program_map.get(device_program) or self.program_map.get(posixpath.basename(argv[0]))
+        program = program or self.fs.host(device_program)
+        if not os.path.isfile(program):
+            return Result(127, b"", f"/system/bin/sh: {argv[0]}: not found\n".encode())
+        if not os.access(program, os.X_OK):
+            return Result(126, b"", f"/system/bin/sh: {argv[0]}: can't execute: Permission denied\n".encode())
+        environment = {"PATH": "/usr/bin:/bin", "HOME": self.fs.host(DEVICE_TMP), "TMPDIR": self.fs.host(DEVICE_TMP)}
+        environment.update({k: self.fs.map_text(v) for k, v in assigns.items()})
+        files: dict[str, object] = {"stdin": subprocess.DEVNULL,
+                                    "stdout": subprocess.DEVNULL if background else subprocess.PIPE,
+                                    "stderr": subprocess.DEVNULL if background else subprocess.PIPE}
+        opened = []
+        for op, target in redirects:
+            if op == "2>&1":
+                files["stderr"] = subprocess.STDOUT
+                continue
+            mode = {">": "wb", ">>": "ab", "2>": "wb", "<": "rb"}[op]
+            f = open(self.fs.host(target, cwd), mode)
+            opened.append(f)
+            files[{">": "stdout", ">>": "stdout", "2>": "stderr", "<": "stdin"}[op]] = f
+        try:
+            proc = subprocess.Popen([program] + [self.fs.map_text(a) for a in argv[1:]],
+                                    cwd=self.fs.host(cwd), env=environment, start_new_session=True,
+                                    **files)  # type: ignore[arg-type]
+        finally:
+            for f in opened:
+                f.close()
+        with self._lock:
+            self.processes[proc.pid] = (proc, posixpath.basename(argv[0]))
+        if background:
+            env["!"] = str(proc.pid)
+            return Result()
+        out, err = proc.communicate()
+        return Result(proc.returncode if proc.returncode >= 0 else 128 - proc.returncode, out or b"", err or b"")
+
+    # -- built-ins: (args, cwd) -> Result
+
+    def _b_cd(self, args: list[str], cwd: list[str]) -> Result:
+        target = posixpath.normpath(posixpath.join(cwd[0], args[0] if args else DEVICE_TMP))
+        if not os.path.isdir(self.fs.host(target)):
+            return Result(2, b"", f"/system/bin/sh: cd: {target}: No such file or directory\n".encode())
+        cwd[0] = target
+        return Result()
+
+    def _b_getprop(self, args: list[str], cwd: str) -> Result:
+        if not args:
+            return Result(0, "".join(f"[{k}]: [{v}]\n" for k, v in sorted(self.props.items())).encode())
+        return Result(0, (self.props.get(args[0], args[1] if len(args) > 1 else "") + "\n").encode())
+
+    def _b_sha256sum(self, args: list[str], cwd: str) -> Result:
+        res = Result()
+        for path in args:
+            try:
+                h = hashlib.sha256()
+                with open(self.fs.host(path, cwd), "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                res.out += f"{h.hexdigest()}  {path}\n".encode()
+            except OSError:
+                res.err += f"sha256sum: {path}: No such file or directory\n".encode()
+                res.code = 1
+        return res
+
+    def _b_chmod(self, args: list[str], cwd: str) -> Result:
+        if len(args) < 2:
+            return Result(1, b"", b"chmod: Needs 2 arguments\n")
+        mode, res = args[0], Result()
+        for path in args[1:]:
+            host = self.fs.host(path, cwd)
+            try:
+                if re.fullmatch(r"[0-7]{3,4}", mode):
+                    os.chmod(host, int(mode, 8))
+                elif mode in ("+x", "a+x"):
+                    os.chmod(host, os.stat(host).st_mode | 0o111)
+                else:
+                    return Result(1, b"", f"chmod: unsupported mode {mode}\n".encode())
+            except OSError:
+                res.err += f"chmod: {path}: No such file or directory\n".encode()
+                res.code = 1
+        return res
+
+    def _b_ls(self, args: list[str], cwd: str) -> Result:
+        paths = [a for a in args if not a.startswith("-")] or ["."]
+        res = Result()
+        for path in paths:
+            host = self.fs.host(path, cwd)
+            if os.path.isdir(host):
+                res.out += "".join(f"{n}\n" for n in sorted(os.listdir(host))).encode()
+            elif os.path.exists(host):
+                res.out += f"{path}\n".encode()
+            else:
+                res.err += f"ls: {path}: No such file or directory\n".encode()
+                res.code = 1
+        return res
+
+    def _b_rm(self, args: list[str], cwd: str) -> Result:
+        flags = "".join(a[1:] for a in args if a.startswith("-"))
+        res = Result()
+        for path in (a for a in args if not a.startswith("-")):
+            host = self.fs.host(path, cwd)
+            if host == str(self.fs.root) or host == self.fs.host(DEVICE_TMP):
+                res.err += f"rm: {path}: Permission denied\n".encode()
+                res.code = 1
+            elif os.path.isdir(host) and not os.path.islink(host):
+                if "r" in flags:
+                    shutil.rmtree(host)
+                else:
+                    res.err += f"rm: {path}: Is a directory\n".encode()
+                    res.code = 1
+            elif os.path.lexists(host):
+                os.unlink(host)
+            elif "f" not in flags:
+                res.err += f"rm: {path}: No such file or directory\n".encode()
+                res.code = 1
+        return res
+
+    def _b_mkdir(self, args: list[str], cwd: str) -> Result:
+        parents = "-p" in args
+        res = Result()
+        for path in (a for a in args if not a.startswith("-")):
+            try:
+                os.makedirs(self.fs.host(path, cwd), exist_ok=parents) if parents else os.mkdir(self.fs.host(path, cwd))
+            except OSError as exc:
+                res.err += f"mkdir: {path}: {exc.strerror}\n".encode()
+                res.code = 1
+        return res
+
+    def _b_cat(self, args: list[str], cwd: str) -> Result:
+        res = Result()
+        for path in args:
+            try:
+                res.out += Path(self.fs.host(path, cwd)).read_bytes()
+            except OSError:
+                res.err += f"cat: {path}: No such file or directory\n".encode()
+                res.code = 1
+        return res
+
+    def _b_echo(self, args: list[str], cwd: str) -> Result:
+        return Result(0, (" ".join(args) + "\n").encode())
+
+    def _b_test(self, args: list[str], cwd: str) -> Result:
+        if len(args) != 2 or args[0] not in ("-e", "-f", "-d", "-x"):
+            return Result(2, b"", b"test: only -e/-f/-d/-x PATH are supported by the emulator\n")
+        host = self.fs.host(args[1], cwd)
+        ok = {"-e": os.path.exists, "-f": os.path.isfile, "-d": os.path.isdir,
+              "-x": lambda p: os.path.isfile(p) and os.access(p, os.X_OK)}[args[0]](host)
+        return Result(0 if ok else 1)
+
+    def _b_kill(self, args: list[str], cwd: str) -> Result:
+        sig, res = signal.SIGTERM, Result()
+        for arg in args:
+            if arg.startswith("-"):
+                name = arg[1:].upper()
+                sig = int(name) if name.isdigit() else signal.Signals["SIG" + name.removeprefix("SIG")]
+            elif not arg.isdigit() or not self.kill(int(arg), sig):
+                res.err += f"kill: {arg}: No such process\n".encode()
+                res.code = 1
+        return res
+
+    def _b_pidof(self, args: list[str], cwd: str) -> Result:
+        pids = [str(pid) for pid, name in sorted(self.live().items()) if name in args]
+        return Result(0 if pids else 1, (" ".join(pids) + "\n").encode() if pids else b"")
+
+    def _b_ps(self, args: list[str], cwd: str) -> Result:
+        rows = "".join(f"shell {pid} {name}\n" for pid, name in sorted(self.live().items()))
+        return Result(0, ("USER PID NAME\n" + rows).encode())
+
+    def _b_sleep(self, args: list[str], cwd: str) -> Result:
+        time.sleep(min(float(args[0]) if args else 0.0, 30.0))
+        return Result()
+
+    def _b_true(self, args: list[str], cwd: str) -> Result:
+        return Result()
+
+    def _b_false(self, args: list[str], cwd: str) -> Result:
+        return Result(1)
+
+
+
+# ----------------------------------------------------------------------------- streams
+
+
+class Stream:
+    """One adb stream: flow-controlled writes to the host, buffered reads from it."""
+
+    def __init__(self, transport: Transport, local_id: int, remote_id: int):
+        self.transport = transport
+        self.local_id, self.remote_id = local_id, remote_id
+        self._can_send = asyncio.Event()
+        self._can_send.set()
+        self._inbox = bytearray()
+        self._has_data = asyncio.Event()
+        self._okay_owed = False
+        self.closed = False
+        self.opened = False  # OKAY sent for the host's OPEN
+        self.task: asyncio.Task | None = None
+        self.on_close: list = []
+
+    def accept(self) -> None:
+        """Answers the host's OPEN with OKAY: the service is connected."""
+        self.opened = True
+        self.transport.send(_packet(A_OKAY, self.local_id, self.remote_id))
+
+    async def write(self, data: bytes) -> None:
+        step = self.transport.max_payload
+        for start in range(0, len(data), step):
+            await self._can_send.wait()
+            if self.closed:
+                raise ConnectionResetError("stream closed by the host")
+            self._can_send.clear()
+            self.transport.send(_packet(A_WRTE, self.local_id, self.remote_id, data[start:start + step]))
+
+    def host_okay(self) -> None:
+        self._can_send.set()
+
+    def host_data(self, data: bytes) -> None:
+        self._inbox += data
+        self._okay_owed = True
+        self._has_data.set()
+
+    async def read_some(self) -> bytes:
+        """Returns buffered bytes; acknowledges the host's last WRTE only when more are needed."""
+        while not self._inbox:
+            if self.closed:
+                return b""
+            self._ack()
+            self._has_data.clear()
+            await self._has_data.wait()
+        data = bytes(self._inbox)
+        self._inbox.clear()
+        return data
+
+    async def read_exact(self, n: int) -> bytes:
+        while len(self._inbox) < n:
+            if self.closed:
+                raise EOFError("stream closed")
+            self._ack()
+            self._has_data.clear()
+            await self._has_data.wait()
+        data = bytes(self._inbox[:n])
+        del self._inbox[:n]
+        return data
+
+    def _ack(self) -> None:
+        if self._okay_owed and not self.closed:
+            self._okay_owed = False
+            self.transport.send(_packet(A_OKAY, self.local_id, self.remote_id))
+
+    def close(self, notify_host: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._can_send.set()
+        self._has_data.set()
+        if notify_host:  # a refused OPEN is CLSE(0, host id)
+            self.transport.send(_packet(A_CLSE, self.local_id if self.opened else 0, self.remote_id))
+        self.transport.streams.pop(self.local_id, None)
+        for callback in self.on_close:
+            callback()
+
+
+# ----------------------------------------------------------------------------- the transport
+
+
+class Transport:
+    """One TCP connection from the adb server: handshake, then streams."""
+
+    def __init__(self, device: AdbDeviceEmulator, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.device = device
+        self.reader, self.writer = reader, writer
+        self.streams: dict[int, Stream] = {}
+        self.max_payload = 4096
+        self.online = False
+        self._next_id = 1
+
+    def send(self, data: bytes) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(data)
+
+    def go_online(self) -> None:
+        if not self.online:
+            self.online = True
+            banner = "device::" + "".join(f"{k}={self.device.props[k]};" for k in
+                                          ("ro.product.name", "ro.product.model", "ro.product.device"))
+            self.send(_packet(A_CNXN, A_VERSION_SKIP_CHECKSUM, MAX_PAYLOAD, (banner + "features=" + FEATURES).encode()))
+
+    async def serve(self) -> None:
+        try:
+            while True:
+                header = await self.reader.readexactly(24)
+                command, arg0, arg1, length, _crc, magic = struct.unpack("<6I", header)
+                if magic != command ^ 0xFFFFFFFF:
+                    raise ConnectionError("bad adb packet magic")
+                data = await self.reader.readexactly(length) if length else b""
+                self._handle(command, arg0, arg1, data)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            self.drop()
+
+    def drop(self) -> None:
+        for s in list(self.streams.values()):
+            s.close(notify_host=False)
+            if s.task:
+                s.task.cancel()
+        self.writer.close()
+        self.device.transports.discard(self)
+
+    def _handle(self, command: int, arg0: int, arg1: int, data: bytes) -> None:
+        if command == A_CNXN:
+            self.max_payload = min(max(arg1, 4096), MAX_PAYLOAD)
+            self.online = False
+            if self.device.state == "device":
+                self.go_online()
+            else:
+                self.send(_packet(A_AUTH, AUTH_TOKEN, 0, os.urandom(20)))
+        elif command == A_AUTH:
+            if arg0 == AUTH_SIGNATURE:  # never accepted: ask again so the host offers its public key
+                self.send(_packet(A_AUTH, AUTH_TOKEN, 0, os.urandom(20)))
+            # AUTH_RSAPUBLICKEY: the "Allow USB debugging?" prompt would show; nobody answers.
+        elif not self.online:
+            return
+        elif command == A_OPEN:
+            self._open(arg0, data.rstrip(b"\0").decode("utf-8", "replace"))
+        elif command == A_OKAY:
+            stream = self.streams.get(arg1)
+            if stream:
+                stream.host_okay()
+        elif command == A_WRTE:
+            stream = self.streams.get(arg1)
+            if stream:
+                stream.host_data(data)
+        elif command == A_CLSE:
+            stream = self.streams.get(arg1)
+            if stream:
+                stream.close(notify_host=True)
+                if stream.task:
+                    stream.task.cancel()
+
+    def _open(self, remote_id: int, service: str) -> None:
+        handler = self.device.service_handler(service)
+        if handler is None:
+            self.send(_packet(A_CLSE, 0, remote_id))
+            return
+        local_id, self._next_id = self._next_id, self._next_id + 1
+        stream = Stream(self, local_id, remote_id)
+        self.streams[local_id] = stream
+        stream.task = asyncio.ensure_future(self._run_service(handler, stream, service))
+
+    async def _run_service(self, handler, stream: Stream, service: str) -> None:
+        try:
+            await handler(stream, service)
+        except (asyncio.CancelledError, EOFError, ConnectionError, OSError):
+            pass
+        finally:
+            stream.close()
+
+
+# ----------------------------------------------------------------------------- services
+
+
+async def _shell_service(device: AdbDeviceEmulator, stream: Stream, service: str) -> None:
+    head, _, command = service.partition(":")
+    args = head.split(",")[1:]
+    if not command.strip():
+        return  # interactive shells are not emulated
+    stream.accept()
+    result = await device.sandbox.run(command)
+    if "v2" in args:
+        packets = b""
+        for kind, payload in ((1, result.out), (2, result.err)):
+            if payload:
+                packets += struct.pack("<BI", kind, len(payload)) + payload
+        packets += struct.pack("<BIB", 3, 1, result.code & 0xFF)
+        await stream.write(packets)
+    else:
+        await stream.write(result.out + result.err)
+
+
+def _stat_v1(path: str) -> bytes:
+    try:
+        st = os.stat(path)
+        return struct.pack("<III", st.st_mode & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF, int(st.st_mtime))
+    except OSError:
+        return struct.pack("<III", 0, 0, 0)
+
+
+def _stat_v2(path: str, follow: bool) -> bytes:
+    try:
+        st = os.stat(path) if follow else os.lstat(path)
+        return struct.pack("<IQQIIIIQqqq", 0, st.st_dev, st.st_ino, st.st_mode, st.st_nlink, 2000, 2000,
+                           st.st_size, int(st.st_atime), int(st.st_mtime), int(st.st_ctime))
+    except OSError as exc:
+        return struct.pack("<IQQIIIIQqqq", exc.errno or 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+async def _sync_service(device: AdbDeviceEmulator, stream: Stream, service: str) -> None:
+    stream.accept()
+    fs = device.fs
+    while True:
+        ident, length = struct.unpack("<4sI", await stream.read_exact(8))
+        if ident == b"QUIT":
+            return
+        if length > 4096:
+            raise ConnectionError("sync path too long")
+        path = (await stream.read_exact(length)).decode("utf-8", "replace")
+        if ident == b"STAT":
+            await stream.write(b"STAT" + _stat_v1(fs.host(path)))
+        elif ident in (b"STA2", b"LST2"):
+            await stream.write(ident + _stat_v2(fs.host(path), follow=ident == b"STA2"))
+        elif ident == b"LIST":
+            out = bytearray()
+            host = fs.host(path)
+            for name in (sorted(os.listdir(host)) if os.path.isdir(host) else []):
+                entry = _stat_v1(os.path.join(host, name))
+                out += b"DENT" + entry + struct.pack("<I", len(name.encode())) + name.encode()
+            await stream.write(bytes(out) + b"DONE" + bytes(16))
+        elif ident == b"SEND":
+            await _sync_receive_file(device, stream, path)
+        elif ident == b"RECV":
+            try:
+                data = Path(fs.host(path)).read_bytes()
+            except OSError as exc:
+                msg = f"open failed: {exc.strerror}".encode()
+                await stream.write(b"FAIL" + struct.pack("<I", len(msg)) + msg)
+                continue
+            out = bytearray()
+            for start in range(0, len(data), SYNC_DATA_MAX):
+                chunk = data[start:start + SYNC_DATA_MAX]
+                out += b"DATA" + struct.pack("<I", len(chunk)) + chunk
+            await stream.write(bytes(out) + b"DONE" + bytes(4))
+        else:
+            raise ConnectionError(f"unknown sync request {ident!r}")
+
+
+async def _sync_receive_file(device: AdbDeviceEmulator, stream: Stream, spec: str) -> None:
+    path, _, mode_text = spec.rpartition(",")
+    if not path:
+        path, mode_text = spec, "33188"
+    host = device.fs.host(path)
+    partial = host + ".emulator-partial"
+    error = ""
+    try:
+        os.makedirs(os.path.dirname(host), exist_ok=True)
+        out = open(partial, "wb")
+    except OSError as exc:
+        out, error = None, f"couldn't create file: {exc.strerror}"
+    try:
+        while True:
+            ident, value = struct.unpack("<4sI", await stream.read_exact(8))
+            if ident == b"DATA":
+                if value > SYNC_DATA_MAX:
+                    raise ConnectionError("sync DATA chunk too large")
+                chunk = await stream.read_exact(value)
+                device.sync_bytes_received += len(chunk)
+                if out:
+                    out.write(chunk)
+            elif ident == b"DONE":
+                break
+            else:
+                raise ConnectionError(f"unexpected {ident!r} during SEND")
+    finally:
+        if out:
+            out.close()
+    if not error:
+        os.replace(partial, host)
+        os.chmod(host, int(mode_text) & 0o7777 if mode_text.isdigit() else 0o644)
+        os.utime(host, (value, value))
+        await stream.write(b"OKAY" + bytes(4))
+    else:
+        msg = error.encode()
+        await stream.write(b"FAIL" + struct.pack("<I", len(msg)) + msg)
+
+
+async def _socket_service(device: AdbDeviceEmulator, stream: Stream, service: str) -> None:
+    kind, _, address = service.partition(":")
+    try:
+        if kind == "localabstract":
+            reader, writer = await asyncio.open_unix_connection("\0" + address)
+        else:
+            reader, writer = await asyncio.open_connection("127.0.0.1", int(address))
+    except (OSError, ValueError):
+        return  # closes the stream: the host's OPEN fails
+    stream.accept()
+
+    async def to_host() -> None:
+        while True:
+            data = await reader.read(stream.transport.max_payload)
+            if not data:
+                return
+            await stream.write(data)
+
+    async def from_host() -> None:
+        while True:
+            data = await stream.read_some()
+            if not data:
+                return
+            victim = device.take_armed_victim()
+            if victim:
+                await asyncio.to_thread(device.kill_by_name, victim)
+            writer.write(data)
+            await writer.drain()
+
+    tasks = [asyncio.ensure_future(to_host()), asyncio.ensure_future(from_host())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        writer.close()
+
+
+# ----------------------------------------------------------------------------- the device
+
+
+class AdbDeviceEmulator:
+    """The emulated phone: a TCP listener for the adb server plus the sandbox behind it.
+
+    It runs its own asyncio loop in a daemon thread; public methods are thread-safe.
+    """
+
+    def __init__(self, root: Path, port: int = 0, abi: str = "arm64-v8a", state: str = "device",
+                 program_map: dict[str, str] | None = None):
+        self.fs = DeviceFs(root)
+        self.props = dict(PIXEL_8A_PROPS)
+        self.abi = abi
+        self.state = state
+        self.sandbox = Sandbox(self.fs, self.props, dict(program_map or {}))
+        self.transports: set[Transport] = set()
+        self.sync_bytes_received = 0
+        self._armed_victim: str | None = None
+        self._port = port
+        self._server: asyncio.base_events.Server | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="adb-device-emulator", daemon=True)
+        self._thread.start()
+        self.replug()
+
+    @property
+    def abi(self) -> str:
+        return self.props["ro.product.cpu.abi"]
+
+    @abi.setter
+    def abi(self, value: str) -> None:
+        self.props["ro.product.cpu.abi"] = value
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def _call(self, coro, timeout: float = 10.0):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def service_handler(self, service: str):
+        if service.startswith(("shell:", "shell,", "exec:")):
+            return lambda s, svc: _shell_service(self, s, svc)
+        if service == "sync:":
+            return lambda s, svc: _sync_service(self, s, svc)
+        if service.startswith(("localabstract:", "tcp:")):
+            return lambda s, svc: _socket_service(self, s, svc)
+        return None
+
+    # -- plug state
+
+    def replug(self) -> None:
+        """Starts listening (again, on the same port) so the adb server can (re)connect."""
+        async def start() -> None:
+            self._server = await asyncio.start_server(self._accept, "127.0.0.1", self._port)
+            self._port = self._server.sockets[0].getsockname()[1]
+        self._call(start())
+
+    def unplug(self) -> None:
+        """Drops every transport and refuses new ones: the cable is pulled."""
+        async def stop() -> None:
+            if self._server:
+                self._server.close()
+                await self._server.wait_closed()
+                self._server = None
+            for t in list(self.transports):
+                t.drop()
+        self._call(stop())
+
+    def set_state(self, state: str) -> None:
+        """"device" or "unauthorized"; becoming "device" accepts a waiting host (the prompt is answered)."""
+        if state not in ("device", "unauthorized"):
+            raise ValueError(f"unknown state {state!r}")
+        self.state = state
+        if state == "device":
+            self._loop.call_soon_threadsafe(lambda: [t.go_online() for t in list(self.transports)])
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport = Transport(self, reader, writer)
+        self.transports.add(transport)
+        await transport.serve()
+
+    # -- processes and faults
+
+    def processes(self) -> dict[int, str]:
+        """Live processes started through the shell: host pid -> program basename."""
+        return self.sandbox.live()
+
+    def kill_by_name(self, name: str) -> list[int]:
+        pids = [pid for pid, n in self.sandbox.live().items() if n == name]
+        for pid in pids:
+            self.sandbox.kill(pid)
+        for pid in pids:
+            proc = self.sandbox.processes[pid][0]
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        return pids
+
+    def kill_on_next_socket_data(self, name: str) -> None:
+        """The next bytes sent to a device socket first SIGKILL processes named `name`."""
+        self._armed_victim = name
+
+    def take_armed_victim(self) -> str | None:
+        victim, self._armed_victim = self._armed_victim, None
+        return victim
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.unplug()
+        self.sandbox.kill_all()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+
+# ----------------------------------------------------------------------------- adb server + fixture
+
+
+def free_port(avoid: range = range(5555, 5586)) -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
+
+
+def _wait_for_port(port: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def adb_binary() -> str:
+    from adbutils._utils import adb_path
+    return adb_path()
+
+
+@contextlib.contextmanager
+def adb_server(home: Path, timeout: float = 20.0) -> Iterator[int]:
+    """A private, foreground adb server on a free port (its own HOME: keys stay in the temp dir).
+
+    While it runs, ANDROID_ADB_SERVER_PORT points at it, so a stray auto-start by adbutils
+    lands on this port too, and the final `kill-server` ends it.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = dict(os.environ, HOME=str(home), ANDROID_USER_HOME=str(home / ".android"),
+               ADB_MDNS="0", ADB_USB="0", ANDROID_ADB_SERVER_PORT=str(port))
+    log = open(home / "adb-server.log", "wb")
+    proc = subprocess.Popen([adb_binary(), "-L", f"tcp:localhost:{port}", "server", "nodaemon"],
+                            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    saved = {k: os.environ.get(k) for k in ("ANDROID_ADB_SERVER_PORT", "ANDROID_USER_HOME", "ADB_MDNS")}
+    os.environ.update(ANDROID_ADB_SERVER_PORT=str(port), ANDROID_USER_HOME=str(home / ".android"), ADB_MDNS="0")
+    try:
+        _wait_for_port(port, time.monotonic() + timeout)
+        yield port
+    finally:
+        subprocess.run([adb_binary(), "-P", str(port), "kill-server"], env=env, capture_output=True, timeout=10)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        log.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class EmulatedPhone(NamedTuple):
+    client: object  # adbutils.AdbClient bound to the private server
+    serial: str  # "127.0.0.1:PORT"
+    device: AdbDeviceEmulator
+    adb_port: int
+
+
+def wait_for_state(client, serial: str, states: tuple[str, ...], timeout: float = 15.0) -> str:
+    """Polls `adb devices` until `serial` is in one of `states`; returns it."""
+    deadline = time.monotonic() + timeout
+    seen = "absent"
+    while time.monotonic() < deadline:
+        listed = {d.serial: d.state for d in client.list()}
+        seen = listed.get(serial, "absent")
+        if seen in states:
+            return seen
+        time.sleep(0.05)
+    raise TimeoutError(f"{serial} stayed {seen!r}, expected {states}")
+
+
+@contextlib.contextmanager
+def emulated_phone(workdir: Path, abi: str = "arm64-v8a", state: str = "device",
+                   program_map: dict[str, str] | None = None) -> Iterator[EmulatedPhone]:
+    """A private adb server with the emulated Pixel connected; everything is gone afterwards."""
+    from adbutils import AdbClient
+
+    device = AdbDeviceEmulator(workdir / "device-root", free_port(), abi=abi, state=state, program_map=program_map)
+    try:
+        with adb_server(workdir / "adb-home") as port:
+            client = AdbClient(host="127.0.0.1", port=port, socket_timeout=10)
+            serial = f"127.0.0.1:{device.port}"
+            client.connect(serial, timeout=10)
+            wait_for_state(client, serial, (state,))
+            yield EmulatedPhone(client, serial, device, port)
+    finally:
+        device.close()
