@@ -11,7 +11,7 @@ import pytest
 
 from device.build import build_host, wheel_litert_library
 from device.session import RunnerFiles
-from tests.adb_device_emulator import EmulatedPhone, emulated_phone
+from adb_device_emulator import EmulatedPhone, emulated_phone
 
 RUNNER = "metric3d_runner"
 
