@@ -175,15 +175,15 @@ def _decode(im: Image.Image, max_pixels: int) -> LoadedImage:
     try:
         im.seek(0)
         im.load()
-        upright = ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)  # in place: no copy of a 12 MP frame
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"The {fmt} file is damaged or incomplete ({exc}).") from exc
     original_mode = im.mode
     try:
-        rgb = _to_rgb8(upright)
+        rgb = _to_rgb8(im)
+    except ImageError:
+        raise
     except (OSError, ValueError) as exc:
-        if isinstance(exc, ImageError):
-            raise
         raise ImageError(f"Images in colour mode {original_mode} cannot be converted to RGB ({exc}).") from exc
     return LoadedImage(rgb=rgb, exif=exif, format=fmt, original_mode=original_mode)
 

@@ -72,9 +72,13 @@ def load_faithful(checkpoint: str | Path | None = None, random_seed: int | None 
 
 def export_to_tflite(model: torch.nn.Module, output: str | Path, size: int = DEFAULT_INPUT_SIZE) -> Path:
     """litert-torch conversion of an export-form module with our signature and I/O names."""
+    return export_to_tflite_sample(model, torch.zeros(1, 3, size, size), output)
+
+
+def export_to_tflite_sample(model: torch.nn.Module, sample: torch.Tensor, output: str | Path) -> Path:
+    """Convert `model` (forward(image) -> {"depth": ...}) at the sample's fixed shape."""
     import litert_torch
 
-    sample = torch.zeros(1, 3, size, size)
     edge = litert_torch.signature(SIGNATURE, model.eval(), sample_kwargs={"image": sample}).convert()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -6,16 +6,21 @@ reads those variables at import time, hence the subprocesses.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from backend.model_files import (ENV_CACHE, ENV_MODEL, PUBLISHED_FILE, ModelNotFound, cache_dir,
                                  resolve_model)
+from backend.model_info import (IMAGENET_MEAN, IMAGENET_STD, METADATA_NAME, ModelInfoError, file_sha256,
+                                read_model_info)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,3 +114,85 @@ def test_download_failure_unreachable_endpoint(tmp_path):
         proc = _resolve_in_subprocess(tmp_path, {"HF_ENDPOINT": f"http://127.0.0.1:{port}"})
     _assert_download_failure(proc, tmp_path)
     assert f"127.0.0.1:{port}" in proc.stderr  # it really tried the loopback endpoint
+
+
+# --- read_model_info: identity and contract from the file itself -------------------------
+
+def _repacked(source: Path, out: Path, edit) -> Path:
+    """Rewrite a .tflite through the flatbuffer object API after `edit(model)`; returns out."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(source.read_bytes(), 0)
+    tail = edit(model) or b""
+    builder = flatbuffers.Builder(1 << 20)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    out.write_bytes(bytes(builder.Output()) + tail)
+    return out
+
+
+def _ours(model) -> int:
+    return next(i for i, m in enumerate(model.metadata) if m.name.decode() == METADATA_NAME)
+
+
+def test_read_model_info_with_metadata(stand_in_model):
+    info = read_model_info(stand_in_model)
+    assert info.published is False and info.metadata is not None
+    assert info.metadata["format"] == 1 and "stand-in" in info.metadata["model"]
+    assert info.input_size == 448 and info.precision == "fp32"
+    assert info.mean == IMAGENET_MEAN and info.std == IMAGENET_STD and info.canonical_focal_px == 1000.0
+    assert "stand-in" in info.source and info.converter.startswith("metric3d-litert/")
+    assert info.sha256 == hashlib.sha256(stand_in_model.read_bytes()).hexdigest()
+
+
+def test_read_model_info_without_metadata_means_published_defaults(stand_in_model, tmp_path):
+    def strip(model):
+        del model.metadata[_ours(model)]
+
+    bare = _repacked(stand_in_model, tmp_path / "bare.tflite", strip)
+    info = read_model_info(bare)
+    assert info.published is True and info.metadata is None
+    assert (info.input_size, info.mean, info.std, info.canonical_focal_px) == (
+        448, IMAGENET_MEAN, IMAGENET_STD, 1000.0)
+    assert "published" in info.source and info.precision == "unknown"
+
+
+def test_read_model_info_from_offset_buffer(stand_in_model, tmp_path):
+    """Large-model layout: the metadata bytes live after the flatbuffer, addressed by offset/size."""
+    document = {**read_model_info(stand_in_model).metadata, "precision": "fp16"}
+    payload = json.dumps(document).encode()
+    size_probe = {}
+
+    def external(model):
+        buffer = model.buffers[model.metadata[_ours(model)].buffer]
+        buffer.data, buffer.size = None, len(payload)
+        buffer.offset = size_probe.get("offset", 1 << 40)
+
+    probe = _repacked(stand_in_model, tmp_path / "probe.tflite", external)
+    size_probe["offset"] = (probe.stat().st_size + 15) // 16 * 16
+    padding = b"\0" * (size_probe["offset"] - probe.stat().st_size)
+    out = _repacked(stand_in_model, tmp_path / "external.tflite", lambda m: (external(m), padding + payload)[1])
+    assert out.stat().st_size == size_probe["offset"] + len(payload)
+    info = read_model_info(out)
+    assert info.precision == "fp16" and info.published is False
+
+
+def test_read_model_info_rejects_bad_metadata_and_non_models(stand_in_model, tmp_path):
+    def garble(model):
+        model.buffers[model.metadata[_ours(model)].buffer].data = np.frombuffer(b"{not json", np.uint8)
+
+    with pytest.raises(ModelInfoError, match="not valid UTF-8 JSON"):
+        read_model_info(_repacked(stand_in_model, tmp_path / "garbled.tflite", garble))
+    photo = tmp_path / "photo.tflite"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    with pytest.raises(ModelInfoError, match="not a TFLite model"):
+        read_model_info(photo)
+
+
+def test_sha256_follows_file_changes(tmp_path):
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"a" * 3_000_000)
+    first = file_sha256(path)
+    assert first == hashlib.sha256(b"a" * 3_000_000).hexdigest()
+    path.write_bytes(b"b" * 3_000_001)
+    assert file_sha256(path) == hashlib.sha256(b"b" * 3_000_001).hexdigest() != first

@@ -38,7 +38,7 @@ def gelu_erf(x: torch.Tensor) -> torch.Tensor:
 
 def elu_select_free(x: torch.Tensor) -> torch.Tensor:
     """ELU(alpha=1) as relu(x) + exp(min(x, 0)) - 1 (PyTorch's F.elu lowers to SELECT)."""
-    return F.relu(x) + torch.exp(torch.clamp(x, max=0.0)) - 1.0
+    return F.relu(x) + (torch.exp(torch.clamp(x, max=0.0)) - 1.0)
 
 
 def layer_norm_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
