@@ -327,7 +327,9 @@ def start_runner(phone: Phone, remote_dir: str, runner_name: str, args: Sequence
     validate_name(runner_name)
     validate_name(socket_name)
     log_path = f"{remote_dir}/{validate_name(log_name)}"
-    command = (f"cd {quoted(remote_dir)} && LD_LIBRARY_PATH={quoted(remote_dir)} "
+    # `&` must background ONE simple command so that $! is the runner itself (setsid and
+    # nohup exec it), not a subshell running an and-or list.
+    command = (f"cd {quoted(remote_dir)} || exit 1; LD_LIBRARY_PATH={quoted(remote_dir)} "
                f"setsid nohup {quoted('./' + runner_name, *args)} > {quoted(log_path)} 2>&1 < /dev/null & echo $!")
     res = run_shell(phone, command, timeout)
     pid_text = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""

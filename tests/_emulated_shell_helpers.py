@@ -253,6 +253,9 @@ class Sandbox:
             items = parse(line)
         except ShellSyntaxError as exc:
             return Result(2, b"", f"/system/bin/sh: {exc}\n".encode())
+        if any(sep == "&" and i > 0 and items[i - 1][1] in ("&&", "||") for i, (_, sep) in enumerate(items)):
+            # sh would background the whole list in a subshell ($! = the subshell): refuse it.
+            return Result(2, b"", b"/system/bin/sh: backgrounding an && / || list is not supported by the emulator\n")
         total = Result()
         env = {"!": "", "?": "0"}
         cwd = ["/"]

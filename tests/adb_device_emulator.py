@@ -15,21 +15,24 @@ What it speaks (AOSP adb protocol.txt / SERVICES.TXT / SYNC.TXT, own implementat
 - `localabstract:NAME` and `tcp:PORT`: bytes pumped both ways to the host socket of the
   same name (Linux abstract unix sockets work on the host) or to 127.0.0.1:PORT.
 
-The sandbox (what "on the phone" means here):
+The sandbox (what "on the phone" means; code in tests/_emulated_shell_helpers.py):
 - The device filesystem is a host folder `root`; device path /X is `root/X` ('..' cannot
   leave it). /data/local/tmp exists; /dev/null is the host's.
 - Shell commands go through a small POSIX-like parser (quotes, backslash, `;` `&&` `||`
   `&`, `>` `>>` `2>` `2>&1` `<`, leading VAR=value, `$!` `$?`). Pipes, globs, `$VAR`,
-  sub-shells are refused with exit 2 rather than misinterpreted.
+  sub-shells and a backgrounded && / || list are refused with exit 2, not guessed.
 - Built-ins run in Python on the sandbox: getprop, sha256sum, chmod, ls, rm, mkdir,
   cat, echo, cd, test, kill, pidof, ps, sleep, true, false, exit, nohup/setsid prefixes.
-- A command with a '/' runs the sandbox file for real as a host process (the tests push
-  the HOST runner build, so `/data/local/tmp/.../metric3d_runner ARGS` runs it).
+- The runner mapping: a command with a '/' runs that sandbox file for real as a host
+  process. The tests push the HOST runner build (and the wheel's libLiteRt.so) where the
+  Android build would go, so `/data/local/tmp/metric3d/metric3d_runner ARGS` runs the host
+  runner, which loads libLiteRt.so from its own (sandbox) folder as it would on the phone.
   `program_map` can instead map a device path or basename to another host executable.
   In arguments and VAR=value, the text "/data/local/tmp" becomes the host folder, so
-  paths given to the runner resolve inside the sandbox. Processes get stdin /dev/null,
-  a new session, and survive the shell stream (as with nohup on a phone); `kill`,
-  `pidof` and `ps` see only processes this emulator started; close() kills them all.
+  paths given to the runner resolve inside the sandbox; an abstract socket name is the
+  same on both sides. Processes get stdin /dev/null, a new session, and survive the
+  shell stream (as with nohup on a phone); `kill`, `pidof` and `ps` see only processes
+  this emulator started; close() kills them all.
 
 Faults for tests: unplug()/replug() (drop the transport and refuse reconnects),
 set_state("unauthorized") (answer CNXN with AUTH and never accept), `abi` (what

@@ -151,3 +151,8 @@ def test_everything_is_cleaned_up(tmp_path_factory):
         os.kill(pid, 0)
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", adb_port)) != 0
+
+
+def test_backgrounding_an_and_list_is_refused_like_a_subshell_would_be(phone):
+    res = phone.client.device(phone.serial).shell2("cd /data/local/tmp && sleep 1 & echo $!", v2=True)
+    assert res.returncode == 2 and "not supported" in res.stderr and res.stdout == ""

@@ -115,3 +115,17 @@ def test_litert_info_lines_stay_off_the_console(stand_in_model):
     assert proc.returncode == 0, proc.stderr
     before_exit = proc.stderr.split("loaded")[0]
     assert "INFO" not in before_exit and "XNNPACK" not in before_exit, before_exit
+
+
+def test_full_architecture_fp16_runs_on_the_host(full_model_fp16):
+    """The real Metric3D graph (random weights): the engine accepts our conversion's signature."""
+    eng = HostEngine(full_model_fp16)
+    try:
+        info = eng.info()
+        assert info.model.precision == "fp16" and info.model.published is False
+        assert "random weights" in info.model.source
+        result = eng.infer(_images(1)[0])
+        assert result.depth.shape == (448, 448) and np.isfinite(result.depth).all()
+        assert 0.1 - 1e-3 <= result.depth.min() and result.depth.max() <= 200 + 1e-3  # the head's clamp
+    finally:
+        eng.close()
