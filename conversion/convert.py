@@ -129,5 +129,6 @@ def convert(output: str | Path, *, checkpoint: str | Path | None = None, random_
 
 def write_stats(output: Path, stats: ConversionStats) -> Path:
     sidecar = output.with_name(output.name + ".json")
-    sidecar.write_text(json.dumps(asdict(stats), indent=2) + "\n")
+    doc = {k: v for k, v in asdict(stats).items() if k != "output"}  # the file may be renamed later
+    sidecar.write_text(json.dumps(doc, indent=2) + "\n")
     return sidecar
