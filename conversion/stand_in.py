@@ -42,7 +42,7 @@ def build_stand_in(output: Path, size: int = 448, seed: int = 0) -> Path:
     """Convert a seeded StandInDepth to `output` and embed our metadata in it."""
     import litert_torch
 
-    from backend.model_info import CANONICAL_FOCAL_PX, IMAGENET_MEAN, IMAGENET_STD, METADATA_FORMAT
+    from conversion.convert import metadata_doc
     from conversion.metadata import embed_metadata
 
     torch.manual_seed(seed)
@@ -52,17 +52,9 @@ def build_stand_in(output: Path, size: int = 448, seed: int = 0) -> Path:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     edge.export(str(output))
-    embed_metadata(output, {
-        "format": METADATA_FORMAT,
-        "model": STAND_IN_NAME,
-        "input": {"name": "image", "shape": [1, 3, size, size], "dtype": "float32", "layout": "NCHW",
-                  "color": "RGB", "scale": "0-255", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        "output": {"name": "depth", "shape": [1, 1, size, size], "dtype": "float32", "units": "m",
-                   "kind": "canonical_depth", "canonical_focal_px": CANONICAL_FOCAL_PX},
-        "precision": "fp32",
-        "source": {"stand_in": f"seed {seed}"},
-        "converter": {"name": "metric3d-litert/conversion.stand_in", "version": "1"},
-    })
+    doc = metadata_doc("fp32", {"stand_in": f"seed {seed}"}, size)
+    doc["model"] = STAND_IN_NAME
+    embed_metadata(output, doc)
     return output
 
 
