@@ -193,14 +193,11 @@ static uint16_t f32_to_f16(float f) {
         return (uint16_t)(sign | (((a + 0xfffu + ((a >> 13) & 1u)) >> 13) - (112u << 10)));
     if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
     if (a >= 0x47800000u) return (uint16_t)(sign | 0x7c00u);
-    if (a < 0x38800000u) {
-        if (a < 0x33000000u) return (uint16_t)sign;
-        uint32_t shift = 126u - (a >> 23), m = (a & 0x7fffffu) | 0x800000u;
-        uint32_t h = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
-        if (rem > half || (rem == half && (h & 1u))) h++;
-        return (uint16_t)(sign | h);
-    }
-    return (uint16_t)(sign | 0x7c00u); /* a == +inf */
+    if (a < 0x33000000u) return (uint16_t)sign;
+    uint32_t shift = 126u - (a >> 23), m = (a & 0x7fffffu) | 0x800000u; /* a half subnormal */
+    uint32_t h = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (h & 1u))) h++;
+    return (uint16_t)(sign | h);
 }
 
 /* ---------------------------------------------------------------- arguments */

@@ -1,0 +1,1 @@
+"""`python -m benchmarks`: measured budgets for every stage of the demo (see README.md)."""
