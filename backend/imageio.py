@@ -48,6 +48,10 @@ _TAG_PIXEL_Y_DIMENSION = 0xA003
 _UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}
 # Orientations 5-8 swap the image axes (transpose, rotate 90/270, transverse).
 _AXIS_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+# Magic numbers of the accepted formats: a file that starts with one but cannot be opened is
+# a cut-short copy of a real image, which deserves a different hint than "not an image".
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 
 
 class ImageError(ValueError):
@@ -157,8 +161,18 @@ def _unidentified_message(data: bytes) -> str:
                 "Export it as JPEG (keeps the EXIF focal length) and upload that.")
     if b"ftypavif" in head:
         return "This is an AVIF image, which this demo cannot decode. Please upload JPEG, PNG or WebP."
+    fmt = _signature_format(head)
+    if fmt:
+        return (f"The file starts like a {fmt} image but is damaged or incomplete "
+                "(was the upload or download cut short?). Please upload the complete file.")
     return ("The file is not an image this demo can read. "
             f"Supported formats: {', '.join(ACCEPTED_FORMATS)}.")
+
+
+def _signature_format(head: bytes) -> str | None:
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return next((fmt for signature, fmt in _SIGNATURES if head.startswith(signature)), None)
 
 
 def _decode(im: Image.Image, max_pixels: int) -> LoadedImage:

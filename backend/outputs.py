@@ -1,14 +1,15 @@
 """Result files for one request, in a private temp folder that cleans up after itself.
 
 Each request gets its own folder so concurrent users never overwrite each other's
-downloads; only the newest `keep` folders survive, which bounds disk use of a
-long-running demo.
+downloads; only the newest `keep` folders survive, and none older than `max_age_s`,
+which bounds disk use of a long-running demo and how long results stay readable.
 """
 from __future__ import annotations
 
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,20 +61,34 @@ def write_cloud(folder: Path, xyz: np.ndarray, rgb: np.ndarray) -> tuple[Path, P
 class OutputStore:
     """Owns a private temp root (mode 0700) and hands out one folder per request."""
 
-    def __init__(self, root: Path | None = None, keep: int = 32) -> None:
+    def __init__(self, root: Path | None = None, keep: int = 32, max_age_s: float | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="metric3d-", dir=root))
         self._keep = keep
-        self._folders: list[Path] = []
+        self._max_age_s = max_age_s
+        self._folders: list[tuple[Path, float]] = []  # (folder, monotonic creation time), oldest first
         self._lock = threading.Lock()
 
     def new_folder(self) -> Path:
         folder = Path(tempfile.mkdtemp(prefix="req-", dir=self.root))
         with self._lock:
-            self._folders.append(folder)
+            self._folders.append((folder, time.monotonic()))
             stale, self._folders = self._folders[:-self._keep], self._folders[-self._keep:]
-        for old in stale:
+        for old, _ in stale:
             shutil.rmtree(old, ignore_errors=True)
+        self.prune()
         return folder
+
+    def prune(self, now: float | None = None) -> int:
+        """Remove folders older than max_age_s (called per request and by a timer); returns how many."""
+        if self._max_age_s is None:
+            return 0
+        limit = (time.monotonic() if now is None else now) - self._max_age_s
+        with self._lock:
+            expired = [f for f, created in self._folders if created < limit]
+            self._folders = [(f, c) for f, c in self._folders if c >= limit]
+        for old in expired:
+            shutil.rmtree(old, ignore_errors=True)
+        return len(expired)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

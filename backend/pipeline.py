@@ -22,6 +22,9 @@ from backend.outputs import OutputFiles, OutputStore, write_cloud, write_depth
 from backend.preprocess import crop_and_resize
 
 StageCallback = Callable[[str, float], None]  # (what is about to happen, fraction done)
+HOST_PREPROCESS_STAGES = ("decode", "crop_resize")
+TRANSFER_STAGES = ("transfer",)  # to the phone and back (USB + adb); absent on the host
+NETWORK_STAGES = ("normalize", "compute")  # where the engine runs: the phone's runner or the host CPU
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,19 @@ class PipelineResult:
             "color_range_m": list(self.color_range),
             "points": self.points,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "timings_split_ms": {k: round(v, 2) for k, v in timing_split(self.timings_ms).items()},
         }
+
+
+def timing_split(timings_ms: dict[str, float]) -> dict[str, float]:
+    """Stage timings grouped into where the time went: host pre-processing, transfer to the
+    engine and back, the network itself, and host post-processing (every other stage)."""
+    groups = {"host_preprocess": HOST_PREPROCESS_STAGES, "transfer": TRANSFER_STAGES, "network": NETWORK_STAGES}
+    split = {name: sum(timings_ms.get(stage, 0.0) for stage in stages) for name, stages in groups.items()}
+    grouped = {stage for stages in groups.values() for stage in stages}
+    split["host_postprocess"] = sum(v for k, v in timings_ms.items() if k not in grouped)
+    split["total"] = sum(timings_ms.values())
+    return split
 
 
 def _intr_dict(intr: Intrinsics) -> dict[str, float]:

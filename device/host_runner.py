@@ -53,9 +53,11 @@ class LaunchedRunner:
             raise
         return client
 
-    def stop(self, timeout: float = 5.0) -> int:
-        """Terminate (if still running) and reap the process; returns its exit status."""
-        if self.proc.poll() is None:
+    def stop(self, grace: float = 0.5, timeout: float = 5.0) -> int:
+        """Reap the process (after a QUIT it exits by itself within `grace`), else terminate it."""
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout)

@@ -167,7 +167,7 @@ def test_missing_release_is_a_404_with_a_hint(tmp_path, file_server):
         build.fetch_android_libraries("9.9.9", tmp_path / "cache", base, progress=None)
 
 
-def test_android_flow_runs_cmake_with_the_toolchain_file(tmp_path, file_server, monkeypatch):
+def test_android_flow_runs_cmake_with_the_toolchain_file(tmp_path, file_server):
     """With a stand-in toolchain file (host compiler), the whole flow runs for real: NDK check,
     download into the cache, CMake configure + build of CMakeLists.txt, runner produced."""
     root, base = file_server
@@ -183,7 +183,7 @@ def test_android_flow_runs_cmake_with_the_toolchain_file(tmp_path, file_server, 
     assert proc.returncode == 2 and RUNNER_VERSION in proc.stderr
 
 
-def test_cli_reports_a_missing_ndk(monkeypatch):
+def test_cli_reports_a_missing_ndk():
     env = {k: v for k, v in os.environ.items() if k != "ANDROID_NDK_HOME"}
     proc = subprocess.run([sys.executable, "-m", "device", "build-android"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)

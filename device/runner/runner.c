@@ -270,13 +270,14 @@ static int parse_args(int argc, char **argv, Args *a) {
     static const char *const keys[] = {"model", "socket", "token", "accelerator", "precision", "mean",
                                        "std", "threads", "io_timeout_ms", "libdir", "litert_lib"};
     for (int i = 2; i < argc; i++) {
-        char *eq = strchr(argv[i], '=');
+        const char *eq = strchr(argv[i], '=');
         if (!eq) return fail_arg(argv[i], "", "expected key=value");
-        *eq = '\0';
-        const char *k = argv[i], *v = eq + 1;
+        char k[32];
+        snprintf(k, sizeof k, "%.*s", (int)(eq - argv[i]), argv[i]);
+        const char *v = eq + 1;
         int idx = -1;
         for (int j = 0; j < (int)(sizeof keys / sizeof keys[0]); j++)
-            if (strcmp(k, keys[j]) == 0) idx = j;
+            if ((size_t)(eq - argv[i]) == strlen(keys[j]) && strncmp(argv[i], keys[j], strlen(keys[j])) == 0) idx = j;
         if (idx < 0) return fail_arg(k, v, "unknown key");
         if (seen & (1u << idx)) return fail_arg(k, v, "given twice");
         seen |= 1u << idx;

@@ -1,0 +1,97 @@
+"""Host-side cost of one request apart from the network: preprocessing and post-processing.
+
+Both figures come from the app's own pipeline (backend.pipeline.run, files written to a
+temp store) on a 448 x 448 network image, using its per-stage timings:
+- host_post_ms: the stages the budget covers - crop/resize (a copy at 448), normalize,
+  metric scaling, colormap + colorbar, point cloud and the PLY files;
+- host_request_ms: everything the request does besides the network (the above plus the
+  depth .npy/.png files, statistics and result assembly), the wall time minus the engine.
+The engine is the stand-in model on the host: its depth map is smooth like a real one, so
+the point filters keep a realistic ~200k points.
+host_pre_ms is the crop + resize of a typical 12 MP phone photo (4032 x 3024) to 448.
+"""
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from backend.engine import Engine
+from backend.imageio import ExifCamera, LoadedImage, load_image
+from backend.intrinsics import Intrinsics, crop_resize_for, map_to_network
+from backend.outputs import OutputStore
+from backend.pipeline import PipelineOptions, run
+from backend.preprocess import crop_and_resize
+from benchmarks.timing import median_ms, medians, timed_ms
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "motorcycle.png"
+PHOTO_SIZE = (4032, 3024)  # a 12 MP 4:3 phone photo
+NOT_HOST = ("compute", "transfer")  # engine stages: the network's time, not the host's
+BUDGET_STAGES = ("crop_resize", "normalize", "metric_scale", "colormap", "point_cloud", "write_ply")
+
+
+def example_rgb() -> tuple[np.ndarray, Intrinsics]:
+    """The Middlebury motorcycle photo and its calibration (a real scene with real depth edges)."""
+    calib = json.loads(EXAMPLE.with_suffix(".json").read_text())
+    rgb = np.asarray(Image.open(EXAMPLE).convert("RGB"), dtype=np.uint8)
+    return rgb, Intrinsics(calib["fx"], calib["fy"], calib["cx"], calib["cy"])
+
+
+def network_image(size: int) -> tuple[np.ndarray, Intrinsics]:
+    """The example as the network sees it (centre crop resized to size) and its intrinsics there."""
+    rgb, intr = example_rgb()
+    crop = crop_resize_for(rgb.shape[1], rgb.shape[0], size)
+    return crop_and_resize(rgb, crop), map_to_network(intr, crop)
+
+
+def typical_photo(width: int = PHOTO_SIZE[0], height: int = PHOTO_SIZE[1]) -> np.ndarray:
+    """A 12 MP photo with real image content: the example scaled up (resize cost ignores content)."""
+    rgb, _ = example_rgb()
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def measure_host_pre(size: int, repeats: int) -> dict[str, float]:
+    """host_pre_ms (crop + resize of 4032 x 3024 to size) and host_decode_ms (its JPEG decode)."""
+    photo = typical_photo()
+    crop = crop_resize_for(photo.shape[1], photo.shape[0], size)
+    pre = median_ms(lambda: crop_and_resize(photo, crop), repeats)
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="JPEG", quality=90)
+    jpeg = buffer.getvalue()
+    decode = median_ms(lambda: load_image(jpeg), repeats)
+    return {"host_pre_ms": pre, "host_decode_ms": decode, "host_photo_jpeg_bytes": float(len(jpeg))}
+
+
+def measure_host_post(engine: Engine, repeats: int) -> dict[str, object]:
+    """host_post_ms and host_request_ms (medians over requests) and the per-stage medians."""
+    rgb, intr = network_image(engine.input_size)
+    image = LoadedImage(rgb, ExifCamera(), "PNG", "RGB")
+    options = PipelineOptions()
+    budget: list[float] = []
+    request: list[float] = []
+    stages: list[dict[str, float]] = []
+    points = 0
+    with tempfile.TemporaryDirectory(prefix="metric3d-bench-") as tmp:
+        store = OutputStore(Path(tmp), keep=2)
+        run(image, intr, engine, options, store=store)  # warm-up: lazy imports, colormap tables, fonts
+        for _ in range(repeats):
+            wall, result = timed_ms(lambda: run(image, intr, engine, options, store=store))
+            missing = [k for k in BUDGET_STAGES if k not in result.timings_ms]
+            if missing:
+                raise KeyError(f"the pipeline no longer reports the stages {missing}; update BUDGET_STAGES")
+            network = sum(result.timings_ms.get(k, 0.0) for k in NOT_HOST)
+            host = {k: v for k, v in result.timings_ms.items() if k not in NOT_HOST}
+            host["other"] = max(wall - network - sum(host.values()), 0.0)
+            budget.append(sum(host[k] for k in BUDGET_STAGES))
+            request.append(wall - network)
+            stages.append(host)
+            points = result.points
+        store.cleanup()
+    return {"host_post_ms": statistics.median(budget), "host_request_ms": statistics.median(request),
+            "host_post_breakdown_ms": medians(stages), "host_post_points": float(points)}

@@ -1,0 +1,56 @@
+"""The phone link's cost per request, through the real adb server and an emulated Pixel.
+
+No phone is attached here, so the test suite's emulated device (tests/adb_device_emulator.py:
+the device side of the adb transport, accepted by the real adb server) runs the host build
+of the runner behind `localabstract:` exactly as a Pixel would run the Android build. The
+request goes through DeviceEngine, the app's own path: a health PING, then INFER with
+float16 depth back. link_overhead_ms = that round trip minus the runner's own time.
+The emulator relays in Python on the same two cores, so this is an upper bound for the
+transport software; a real USB link adds its bandwidth (see README's Pixel estimate).
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.host_post import network_image
+from benchmarks.timing import medians, timed_ms
+from device.build import build_host, wheel_litert_library
+from device.engine import DeviceEngine
+from device.session import RunnerFiles
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+
+
+def _emulated_phone():
+    """The emulator lives with the tests (it is test infrastructure); import it from there."""
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    from adb_device_emulator import emulated_phone
+
+    return emulated_phone
+
+
+def measure_link(model: Path, repeats: int, threads: int) -> dict[str, object]:
+    """link_overhead_ms (median) and its breakdown for one model through the emulated Pixel."""
+    emulated_phone = _emulated_phone()
+    files = RunnerFiles(build_host(), (wheel_litert_library(),))
+    samples = []
+    with tempfile.TemporaryDirectory(prefix="metric3d-bench-phone-") as tmp, emulated_phone(Path(tmp)) as phone:
+        engine = DeviceEngine(model, phone.serial, adb_port=phone.adb_port, start_server=False, files=files,
+                              accelerator="cpu", threads=threads, request_timeout=120.0, startup_timeout=120.0,
+                              adb_timeout=20.0)
+        try:
+            rgb = network_image(engine.input_size)[0]
+            engine.infer(rgb)  # warm-up
+            for _ in range(repeats):
+                wall, inference = timed_ms(lambda: engine.infer(rgb))
+                runner = inference.timings_ms["compute"] + inference.timings_ms["normalize"]
+                transfer = inference.timings_ms["transfer"]
+                samples.append({"overhead": wall - runner, "round_trip": wall, "runner": runner,
+                                "infer_transfer": transfer, "health_ping_and_python": wall - runner - transfer})
+        finally:
+            engine.close()
+    typical = medians(samples)
+    return {"link_overhead_ms": typical.pop("overhead"), "link_breakdown_ms": typical}

@@ -1,0 +1,92 @@
+"""Targets, the Pixel 8a estimate, results.json and the printed table."""
+from __future__ import annotations
+
+import json
+import math
+import operator
+from pathlib import Path
+
+# key -> (comparison, limit, unit)
+TARGETS: dict[str, tuple[str, float, str]] = {
+    "host_post_ms": ("<=", 25.0, "ms"),
+    "litert_speedup": (">=", 2.0, "x"),
+    "resident_gain": (">=", 30.0, "x"),
+    "wire_bytes_per_request": ("<=", 1.05e6, "B"),
+    "link_overhead_ms": ("<=", 5.0, "ms"),
+}
+REQUIRED = ("host_post_ms", "host_pre_ms", "litert_cpu_ms", "torch_eager_ms", "litert_speedup",
+            "resident_overhead_ms", "oneshot_overhead_ms", "resident_gain", "wire_bytes_per_request",
+            "link_overhead_ms", "convert_s", "convert_peak_rss_mb")
+UNITS = {"litert_speedup": "x", "resident_gain": "x", "wire_bytes_per_request": "B", "convert_s": "s",
+         "convert_peak_rss_mb": "MiB"}
+_COMPARE = {"<=": operator.le, ">=": operator.ge}
+
+# The worked estimate for a Pixel 8a over USB (README): measured GPU run on the phone and
+# effective adb throughput of the two USB generations, plus what this machine measured.
+PIXEL_GPU_MS = 44.0
+USB_BYTES_PER_S = {"usb2": 35e6, "usb3": 300e6}
+SEED_APP_MS = 335.0
+
+
+def evaluate_targets(results: dict) -> dict[str, dict[str, object]]:
+    out = {}
+    for key, (op, limit, unit) in TARGETS.items():
+        value = results.get(key)
+        ok = isinstance(value, (int, float)) and math.isfinite(value) and _COMPARE[op](value, limit)
+        out[key] = {"target": f"{op} {limit:g} {unit}", "value": value, "pass": bool(ok)}
+    return out
+
+
+def pixel_estimate(results: dict) -> dict[str, dict[str, float]]:
+    """Per-image time on a Pixel 8a over USB 2 / USB 3, for a 12 MP photo, vs the seed phone app.
+
+    GPU run + wire bytes at the link's effective rate + adb/runner software overhead
+    (as measured through the emulated device, which already includes a loopback copy of
+    the bytes, so this errs on the slow side) + host crop/resize of the photo + host post.
+    """
+    estimate = {}
+    for link, rate in USB_BYTES_PER_S.items():
+        parts = {
+            "gpu_compute": PIXEL_GPU_MS,
+            "usb_transfer": results["wire_bytes_per_request"] / rate * 1000.0,
+            "link_software": results["link_overhead_ms"],
+            "host_pre_12mp": results["host_pre_ms"],
+            "host_post": results["host_post_ms"],
+        }
+        total = sum(parts.values())
+        estimate[link] = {**parts, "total": total, "vs_seed_app_x": SEED_APP_MS / total}
+    return estimate
+
+
+def write_json(results: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+
+
+def _fmt(value: object, unit: str = "") -> str:
+    if not isinstance(value, (int, float)):
+        return str(value)
+    if unit == "B":
+        return f"{value:,.0f} B"
+    if unit == "x":
+        return f"{value:.1f}x"
+    text = f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+    return f"{text} {unit}".strip()
+
+
+def table(results: dict) -> str:
+    """A markdown table: every headline key, its value, and its target where it has one."""
+    targets = results.get("targets", {})
+    rows = ["| key | value | target | |", "|---|---|---|---|"]
+    for key in REQUIRED:
+        unit = UNITS.get(key, "ms")
+        goal = targets.get(key)
+        verdict = ("pass" if goal["pass"] else "FAIL") if goal else ""
+        rows.append(f"| `{key}` | {_fmt(results.get(key), unit)} | {goal['target'] if goal else ''} | {verdict} |")
+    for group in ("host_post_breakdown_ms", "resident_breakdown_ms", "oneshot_breakdown_ms", "link_breakdown_ms"):
+        parts = results.get(group) or {}
+        rows.append(f"| `{group}` | " + ", ".join(f"{k} {_fmt(v)}" for k, v in parts.items()) + " | | |")
+    for link, parts in (results.get("pixel_estimate_ms") or {}).items():
+        rows.append(f"| Pixel 8a estimate, {link} | {_fmt(parts['total'], 'ms')} "
+                    f"({parts['vs_seed_app_x']:.1f}x faster than the seed app's {SEED_APP_MS:g} ms) | | |")
+    return "\n".join(rows)
