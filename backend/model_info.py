@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,12 @@ def read_metadata_json(path: str | Path) -> dict | None:
         if f.read(8)[4:8] != _TFLITE_IDENTIFIER:
             raise ModelInfoError(f"{path} is not a TFLite model (no 'TFL3' identifier).")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            raw = _metadata_bytes(schema.Model.GetRootAs(view, 0), view, path)
+            try:
+                raw = _metadata_bytes(schema.Model.GetRootAs(view, 0), view, path)
+            except (struct.error, IndexError, ValueError, TypeError) as exc:
+                # flatbuffers reads offsets blindly: a cut-short file fails deep inside it
+                raise ModelInfoError(f"{path} is damaged or incomplete (truncated?): its model structure "
+                                     f"cannot be read ({exc}). Download or convert it again.") from exc
     if raw is None:
         return None
     try:

@@ -35,13 +35,14 @@ QUICK_OUTPUT = REPO / "benchmarks" / "results-quick.json"
 class Repeats:
     host: int
     model: int
+    model_1thread: int
     resident: int
     oneshot: int
     link: int
 
 
-FULL = Repeats(host=15, model=5, resident=7, oneshot=3, link=15)
-QUICK = Repeats(host=2, model=1, resident=2, oneshot=1, link=2)
+FULL = Repeats(host=15, model=5, model_1thread=3, resident=7, oneshot=3, link=15)
+QUICK = Repeats(host=2, model=1, model_1thread=1, resident=2, oneshot=1, link=2)
 
 
 def _say(text: str) -> None:
@@ -58,20 +59,29 @@ def _describe(path: Path) -> dict[str, object]:
             "bytes": path.stat().st_size}
 
 
-def run_all(quick: bool, model: Path | None, threads: int) -> dict[str, object]:
+def _model_speed(model: Path, repeats: int, threads: int) -> dict[str, float]:
+    engine = HostEngine(model, threads)
+    try:
+        return measure_model_speed(engine, repeats, threads)
+    finally:
+        engine.close()
+
+
+def run_all(quick: bool, model: Path | None, threads: int, cache: Path = CACHE) -> dict[str, object]:
     repeats = QUICK if quick else FULL
     results: dict[str, object] = {
         "mode": "quick" if quick else "full",
         "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(), "repeats": repeats.__dict__, "threads": threads,
+        "load_average_start": os.getloadavg(),  # 1/5/15-min run queue: other jobs on the cores skew timings
     }
-    stand_in = CACHE / "stand_in.tflite"
+    stand_in = cache / "stand_in.tflite"
     if quick:
         _say("converting the stand-in model (the --quick conversion)")
         results.update(measure_conversion(stand_in_command(stand_in), stand_in))
         converted = stand_in
     else:
-        converted = CACHE / "metric3d_random0_fp32.tflite"
+        converted = cache / "metric3d_random0_fp32.tflite"
         _say("converting the full model (about a minute or two)")
         results.update(measure_conversion(full_model_command(converted), converted))
         _say("building the stand-in model")
@@ -87,13 +97,13 @@ def run_all(quick: bool, model: Path | None, threads: int) -> dict[str, object]:
     finally:
         host.close()
 
-    _say(f"LiteRT vs PyTorch eager on {model.name}")
-    engine = HostEngine(model, threads)
-    try:
-        results.update(measure_model_speed(engine, repeats.model, threads))
-        size = engine.input_size
-    finally:
-        engine.close()
+    _say(f"LiteRT vs PyTorch eager on {model.name}, {threads} threads")
+    results.update(_model_speed(model, repeats.model, threads))
+    size = read_model_info(model).input_size
+    if threads > 1:
+        _say("LiteRT vs PyTorch eager, 1 thread (less sensitive to other jobs on the cores)")
+        single = _model_speed(model, repeats.model_1thread, 1)
+        results.update({f"{k}_1thread": v for k, v in single.items() if k != "litert_torch_max_abs_diff_m"})
 
     _say("resident runner and wire bytes")
     resident = measure_resident(model, size, repeats.resident, threads)
@@ -105,6 +115,7 @@ def run_all(quick: bool, model: Path | None, threads: int) -> dict[str, object]:
     _say("phone link through the emulated Pixel and the real adb server")
     results.update(measure_link(stand_in, repeats.link, threads))
 
+    results["load_average_end"] = os.getloadavg()
     results["targets"] = evaluate_targets(results)
     results["pixel_estimate_ms"] = pixel_estimate(results)
     return results
@@ -116,13 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="the .tflite to time instead of the one this run converts")
     parser.add_argument("--output", type=Path, help=f"JSON file (default {DEFAULT_OUTPUT.relative_to(REPO)}, "
                                                     f"--quick: {QUICK_OUTPUT.relative_to(REPO)})")
+    parser.add_argument("--cache-dir", type=Path, default=CACHE,
+                        help=f"where this run's conversions go (default {CACHE.relative_to(REPO)})")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
     args = parser.parse_args(argv)
     if args.model is not None and not args.model.is_file():
         parser.error(f"model not found: {args.model}")
     if args.threads < 1:
         parser.error("--threads must be at least 1")
-    results = run_all(args.quick, args.model, args.threads)
+    results = run_all(args.quick, args.model, args.threads, args.cache_dir)
     output = args.output or (QUICK_OUTPUT if args.quick else DEFAULT_OUTPUT)
     write_json(results, output)
     print(table(results))

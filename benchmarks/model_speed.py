@@ -8,7 +8,6 @@ Both use every core; LiteRT's time is write + run + read (normalization excluded
 """
 from __future__ import annotations
 
-import os
 import re
 import statistics
 
@@ -53,11 +52,13 @@ def _depth(output) -> np.ndarray:
     return tensor.detach().numpy().reshape(tensor.shape[-2], tensor.shape[-1])
 
 
-def measure_model_speed(engine: HostEngine, repeats: int, threads: int | None = None) -> dict[str, object]:
-    """litert_cpu_ms, torch_eager_ms, litert_speedup and the largest depth difference between them."""
+def measure_model_speed(engine: HostEngine, repeats: int, threads: int) -> dict[str, float]:
+    """litert_cpu_ms, torch_eager_ms, litert_speedup and the largest depth difference between them.
+
+    `threads` must be what `engine` was created with; PyTorch gets the same number.
+    """
     import torch
 
-    threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     info = engine.info().model
     module = torch_counterpart(info)
@@ -76,5 +77,4 @@ def measure_model_speed(engine: HostEngine, repeats: int, threads: int | None = 
     return {
         "litert_cpu_ms": litert, "torch_eager_ms": eager, "litert_speedup": eager / litert,
         "litert_torch_max_abs_diff_m": float(np.max(np.abs(inference.depth - torch_depth))),
-        "compute_threads": float(threads),
     }

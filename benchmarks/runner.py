@@ -76,8 +76,9 @@ def measure_oneshot(model: Path, size: int, repeats: int, threads: int, warm_run
             client.quit()
         finally:
             runner.stop()
+        compile_ms, first_run_ms = float(runner.ready["compile_ms"]), float(runner.ready["warmup_ms"])
         samples.append({"overhead": total_ms - own_ms - warm_runner_ms, "spawn_to_ready": ready_ms,
-                        "compile": float(runner.ready["compile_ms"]), "first_run": float(runner.ready["warmup_ms"]),
-                        "spawn_to_first_depth": total_ms})
+                        "start_load_hash": ready_ms - compile_ms - first_run_ms,  # exec, model sha256, load
+                        "compile": compile_ms, "first_run": first_run_ms, "spawn_to_first_depth": total_ms})
     typical = medians(samples)
     return {"oneshot_overhead_ms": typical.pop("overhead"), "oneshot_breakdown_ms": typical}

@@ -9,6 +9,7 @@ when someone asks (look_for_phone): each try costs adb round trips and maybe a p
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ BACKEND_LABELS = {"auto": "Auto (Pixel if present, else host)", "device": "Pixel
 LOOK_AGAIN_HINT = ("Connect the phone (USB debugging on, this computer authorized) and click "
                    "“Look for the phone again”, or choose Auto or Host.")
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,12 +88,18 @@ class Backends:
             try:
                 engine = self._device_factory()
             except EngineError as exc:
-                with self._lock:
-                    self._problem, self._looked = f"Pixel not available: {exc}", True
-                return False
+                return self._not_found(f"Pixel not available: {exc}")
+            except Exception as exc:  # noqa: BLE001 - adb and USB fail in ways nobody listed; keep serving
+                log.exception("looking for the phone failed")
+                return self._not_found(f"Pixel not available: unexpected {type(exc).__name__}: {exc}")
             with self._lock:
                 self._device, self._problem, self._looked = engine, "", True
             return True
+
+    def _not_found(self, problem: str) -> bool:
+        with self._lock:
+            self._problem, self._looked = problem, True
+        return False
 
     def pick(self, choice: str) -> Pick:
         """The engine for a request that asked for `choice` (auto, host or device)."""

@@ -11,10 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from tests._app_helpers import REPO, _wait_until_up, free_port
 
@@ -38,9 +41,9 @@ class AppUnderTest:
 
 
 @contextmanager
-def app_subprocess(model: Path, workdir: Path, extra_args: Sequence[str] = (),
-                   timeout_s: float = 120.0) -> Iterator[AppUnderTest]:
-    """`python app.py --model MODEL --backend host` on a free loopback port, temp folders under workdir."""
+def app_subprocess(model: Path, workdir: Path, backend: str = "host", extra_args: Sequence[str] = (),
+                   extra_env: Mapping[str, str] | None = None, timeout_s: float = 120.0) -> Iterator[AppUnderTest]:
+    """`python app.py --model MODEL --backend BACKEND` on a free loopback port, temp folders under workdir."""
     workdir.mkdir(parents=True, exist_ok=True)
     gradio_temp, tmp = workdir / "gradio-temp", workdir / "tmp"
     gradio_temp.mkdir(exist_ok=True)
@@ -48,12 +51,12 @@ def app_subprocess(model: Path, workdir: Path, extra_args: Sequence[str] = (),
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("METRIC3D_", "GRADIO_"))}
     env.update({"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "NO_PROXY": "127.0.0.1,localhost",
-                "GRADIO_TEMP_DIR": str(gradio_temp), "TMPDIR": str(tmp)})
+                "GRADIO_TEMP_DIR": str(gradio_temp), "TMPDIR": str(tmp), **(extra_env or {})})
     url = f"http://127.0.0.1:{port}"
     log_path = workdir / "app.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "app.py", "--model", str(model), "--backend", "host", "--port", str(port),
+            [sys.executable, "app.py", "--model", str(model), "--backend", backend, "--port", str(port),
              *extra_args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_until_up(proc, url, timeout_s, log_path)
@@ -71,3 +74,15 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def distinct_photo(seed: int, width: int = 320, height: int = 240) -> np.ndarray:
+    """A different picture per seed, so no cache can serve one request's answer to another:
+    coarse random colour blocks (a resize keeps them apart) plus a gradient turned by the seed."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    rgb = np.asarray(Image.fromarray(blocks).resize((width, height), Image.Resampling.BILINEAR), np.float32)
+    angle = seed * 0.7
+    yy, xx = np.mgrid[0:height, 0:width]
+    ramp = (np.cos(angle) * xx / width + np.sin(angle) * yy / height) * 60.0
+    return np.clip(rgb + ramp[..., None], 0, 255).astype(np.uint8)

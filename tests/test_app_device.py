@@ -22,6 +22,7 @@ from tests._app_helpers import REPO
 from tests._app_process_helpers import app_process, run_app_to_exit
 
 MOTORCYCLE = REPO / "examples" / "motorcycle.png"
+ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -82,6 +83,8 @@ def test_the_pixel_runner_computes_and_the_host_agrees(pixel_app, phone):
     _, _, host_npy, host_info = _predict(client, "host")
     assert host_info["engine"] == "Host LiteRT" and host_info["backend"]["used"] == "host"
     assert "transfer" not in host_info["timings_ms"]
+    with pytest.raises(Exception, match="Unknown backend 'gpu'; choose one of auto, host, device"):
+        _predict(client, "gpu")
     on_phone, on_host = np.load(npy), np.load(host_npy)
     # The runner replies in float16: equal to the host's float32 depth within half precision.
     np.testing.assert_allclose(on_phone, on_host, rtol=2.0 ** -10, atol=1e-6)
@@ -108,6 +111,16 @@ def test_the_status_panel_in_the_browser(pixel_app, phone):
             panel = page.locator("#status-panel")
             expect(panel).to_contain_text(phone.serial, timeout=60_000)
             expect(panel).to_contain_text("Requests run on the Pixel")
+            page.get_by_text("motorcycle", exact=True).first.click()
+            expect(page.get_by_label("fx (px)")).to_have_value("994.978", timeout=30_000)
+            page.get_by_role("button", name="Estimate depth").click()
+            info = page.locator("#info-panel")
+            expect(info).to_contain_text("Pixel 8a runner", timeout=60_000)
+            expect(info).to_contain_text("transfer (USB)")
+            expect(info).to_contain_text("Pixel compute")
+            expect(info).to_contain_text("host post-processing")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "ui-pixel.png"), full_page=True)
             page.get_by_label("Host", exact=True).check()
             expect(panel).to_contain_text("Requests run on the host CPU", timeout=30_000)
             page.get_by_role("button", name="Look for the phone again").click()
