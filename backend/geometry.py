@@ -93,12 +93,24 @@ def point_cloud(
     """Filtered colored points: (float32 [N, 3] xyz in meters, uint8 [N, 3] rgb)."""
     if rgb.shape[:2] != depth.shape or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"rgb {rgb.shape} does not match depth {depth.shape}")
-    keep = valid_mask(depth, flt)
-    xyz = backproject(depth, intr)[keep]
-    colors = np.asarray(rgb, dtype=np.uint8)[keep]
+    keep = valid_mask(depth, flt).ravel()
+    xyz = _take_rows(backproject(depth, intr), keep)
+    colors = _take_rows(np.asarray(rgb, dtype=np.uint8), keep)
     if flt.voxel_size > 0 and len(xyz):
         xyz, colors = _voxel_downsample(xyz, colors, flt.voxel_size)
     return xyz, colors
+
+
+def _take_rows(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """values[..., C][keep] as [N, C], moving each pixel's C channels as one opaque record.
+
+    Boolean indexing of an [H, W, C] array copies element by element; viewing each pixel as a
+    single void record makes it one memcpy per kept pixel (about 10x faster at 448x448x3).
+    """
+    channels = values.shape[-1]
+    rows = np.ascontiguousarray(values).reshape(-1, channels)
+    records = rows.view(np.dtype((np.void, rows.itemsize * channels))).ravel()
+    return records[keep].view(values.dtype).reshape(-1, channels)
 
 
 def _voxel_downsample(xyz: np.ndarray, colors: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:

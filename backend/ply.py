@@ -16,6 +16,9 @@ VERTEX_DTYPE = np.dtype([
     ("red", "u1"), ("green", "u1"), ("blue", "u1"),
 ])
 
+_PACKED_VERTEX = np.dtype([("xyz", "<f4", (3,)), ("rgb", "u1", (3,))])
+assert _PACKED_VERTEX.itemsize == VERTEX_DTYPE.itemsize
+
 _PLY_TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
     "short": "<i2", "int16": "<i2", "ushort": "<u2", "uint16": "<u2",
@@ -44,12 +47,14 @@ def write_ply(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray) -> None
         raise ValueError(f"rgb must be uint8, got {rgb.dtype}")
     if not np.isfinite(xyz).all():
         raise ValueError("xyz contains NaN or infinite coordinates; filter them before writing")
-    vertices = np.empty(len(xyz), dtype=VERTEX_DTYPE)
-    vertices["x"], vertices["y"], vertices["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    vertices["red"], vertices["green"], vertices["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    # Same 15-byte packed layout as VERTEX_DTYPE, filled with two block copies instead of six
+    # strided ones, and written straight from the array's buffer.
+    vertices = np.empty(len(xyz), dtype=_PACKED_VERTEX)
+    vertices["xyz"] = xyz
+    vertices["rgb"] = rgb
     with open(path, "wb") as f:
         f.write(header(len(vertices)))
-        f.write(vertices.tobytes())
+        f.write(memoryview(vertices).cast("B"))
 
 
 def read_ply(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
