@@ -1,6 +1,7 @@
 """Turn an upright RGB photo into the network's square input.
 
-Resize: Pillow BILINEAR on the crop box, reducing_gap=None. When shrinking, Pillow widens
+Resize: Pillow BILINEAR on the crop box (after an integer box reduction for big photos, see
+REDUCING_GAP). When shrinking, Pillow widens
 the triangle filter by the scale factor, so a 12 MP photo is averaged (antialiased) rather
 than point-sampled as cv2.INTER_LINEAR would; when enlarging it is plain bilinear.
 In both cases output pixel centres sit on input pixel centres:
@@ -20,6 +21,11 @@ from PIL import Image
 
 from backend.intrinsics import CropResize
 
+# Pillow first box-averages by an integer factor while the image stays >= 2x the target, then
+# resamples bilinearly: 12 MP -> 448 in ~18 ms instead of ~41 ms, pixel values within a few
+# levels, geometry unchanged (tests/test_middlebury.py holds it to sub-pixel accuracy).
+REDUCING_GAP = 2.0
+
 
 def crop_and_resize(rgb: np.ndarray, crop: CropResize) -> np.ndarray:
     """uint8 [H, W, 3] -> uint8 [size, size, 3]: the crop box of `crop`, resized."""
@@ -32,7 +38,7 @@ def crop_and_resize(rgb: np.ndarray, crop: CropResize) -> np.ndarray:
         return np.ascontiguousarray(rgb[crop.y0:crop.y0 + crop.side, crop.x0:crop.x0 + crop.side])
     box = (crop.x0, crop.y0, crop.x0 + crop.side, crop.y0 + crop.side)
     resized = Image.fromarray(rgb, "RGB").resize(
-        (crop.size, crop.size), Image.Resampling.BILINEAR, box=box, reducing_gap=None)
+        (crop.size, crop.size), Image.Resampling.BILINEAR, box=box, reducing_gap=REDUCING_GAP)
     return np.asarray(resized, dtype=np.uint8)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.intrinsics import CropResize, crop_resize_for
+from backend.intrinsics import CropResize, Intrinsics, crop_resize_for, map_to_network
 from backend.model_info import IMAGENET_MEAN, IMAGENET_STD
 from backend.preprocess import crop_and_resize, normalize
 
@@ -91,3 +91,19 @@ def test_normalize_rejects_bad_input():
         normalize(np.zeros((4, 4, 3), np.float32), IMAGENET_MEAN, IMAGENET_STD)
     with pytest.raises(ValueError, match="positive"):
         normalize(np.zeros((4, 4, 3), np.uint8), IMAGENET_MEAN, (1.0, 0.0, 1.0))
+
+
+@pytest.mark.parametrize("point", [(1000.3, 700.7), (2016.0, 1512.0), (3000.6, 2500.2), (600.5, 300.5)])
+def test_big_photo_resize_keeps_points_where_map_to_network_puts_them(point):
+    """A 12 MP photo takes the fast reduce-then-resample path; a blob's centroid must still land
+    where the intrinsics mapping says (what the metric back-projection relies on)."""
+    width, height = 4032, 3024
+    crop = crop_resize_for(width, height, 448)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    blob = np.exp(-((xx - point[0]) ** 2 + (yy - point[1]) ** 2) / (2 * 30.0 ** 2))
+    image = np.repeat((blob * 255).astype(np.uint8)[..., None], 3, axis=2)
+    out = crop_and_resize(image, crop)[..., 0].astype(np.float64)
+    oy, ox = np.mgrid[0:448, 0:448]
+    expected = map_to_network(Intrinsics(1.0, 1.0, *point), crop)
+    assert abs((out * ox).sum() / out.sum() - expected.cx) < 0.02
+    assert abs((out * oy).sum() / out.sum() - expected.cy) < 0.02
