@@ -339,6 +339,19 @@ def start_runner(phone: Phone, remote_dir: str, runner_name: str, args: Sequence
     return StartedRunner(int(pid_text), socket_name, log_path)
 
 
+def kill_stale_runners(phone: Phone, runner_name: str, timeout: float = ADB_TIMEOUT_S) -> list[int]:
+    """Kill runners an earlier session left behind (e.g. the cable was pulled mid-session).
+
+    Such a runner survives the lost connection and waits for a client that never comes, holding
+    the GPU and memory; the app runs one runner per phone, so any other one is stale.
+    """
+    found = run_shell(phone, quoted("pidof", validate_name(runner_name)), timeout)
+    pids = [int(word) for word in found.stdout.split() if word.isdigit()]
+    if pids:
+        run_shell(phone, quoted("kill", "-9", *map(str, pids)), timeout)
+    return pids
+
+
 def runner_alive(phone: Phone, pid: int, timeout: float = ADB_TIMEOUT_S) -> bool:
     return run_shell(phone, quoted("kill", "-0", str(int(pid))), timeout).code == 0
 

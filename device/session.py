@@ -87,6 +87,7 @@ class RunnerSession:
         started = time.perf_counter()
         self.last_push = adb.push_if_changed(self.phone, self._files_to_push(), self.remote_dir,
                                              executables=(RUNNER_NAME,), timeout=max(self.adb_timeout, 120.0))
+        adb.kill_stale_runners(self.phone, RUNNER_NAME, self.adb_timeout)
         token = new_token()
         socket_name = f"metric3d_{secrets.token_hex(8)}"
         try:

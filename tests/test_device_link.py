@@ -169,3 +169,19 @@ def test_missing_android_build_says_what_to_run(tmp_path):
     with pytest.raises(DeviceLinkError) as err:
         android_runner_files(build_dir=tmp_path / "no-build", cache_dir=tmp_path / "no-cache")
     assert "python -m device build-android" in str(err.value) and "ANDROID_NDK_HOME" in str(err.value)
+
+
+def test_a_new_session_stops_a_runner_left_behind(phone, stand_in_model, host_runner_files):
+    """A runner orphaned by a lost connection (cable pulled) must not outlive the next session."""
+    with deadline(120):
+        orphaned = DeviceEngine(stand_in_model, phone.serial, **engine_options(phone, host_runner_files))
+        old_pid = orphaned._session.runner.pid
+        orphaned._session.drop_connection()  # the host side is gone; the runner keeps waiting
+        assert old_pid in phone.device.processes()
+        fresh = DeviceEngine(stand_in_model, phone.serial, **engine_options(phone, host_runner_files))
+        try:
+            assert old_pid not in phone.device.processes()
+            assert list(phone.device.processes()) == [fresh._session.runner.pid]
+            fresh.infer(_image(fresh.input_size))
+        finally:
+            fresh.close()
