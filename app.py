@@ -23,6 +23,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
+import gradio.route_utils as gradio_route_utils  # noqa: E402
 
 from backend import serving  # noqa: E402
 from backend.colormap import COLORMAPS  # noqa: E402
@@ -92,8 +93,44 @@ def _intrinsics(fx, fy, cx, cy) -> Intrinsics:
     return Intrinsics(float(fx), float(fy), float(cx), float(cy))
 
 
-def _load(path: str | None):
-    if not path:
+_gradio_sweep = gradio_route_utils.delete_files_created_by_app
+
+
+def _sweep_retrying(blocks, age):
+    """Gradio 6.31's delete_cache sweep iterates sets that requests grow meanwhile; one "Set
+    changed size during iteration" ends its task for good and the temp folder then grows
+    without bound (benchmarks/soak.py). Retry instead, so the sweep task lives on."""
+    for _ in range(10):
+        try:
+            return _gradio_sweep(blocks, age)
+        except RuntimeError:
+            time.sleep(0.01)
+    return None
+
+
+gradio_route_utils.delete_files_created_by_app = _sweep_retrying
+
+
+class PhotoInput(gr.Image):
+    """gr.Image whose upload reaches backend.imageio even when Pillow cannot open it.
+
+    gr.Image opens every upload with Pillow before the handler runs; a file Pillow cannot
+    open (text, HEIC, a decompression bomb) then fails inside Gradio, and the page shows
+    only red "Error" badges. Passing the raw path on lets load_image say what is wrong.
+    """
+
+    def get_block_name(self) -> str:
+        return "image"  # the same browser component as gr.Image
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except Exception:  # noqa: BLE001 - load_image explains every failure in words
+            return str(payload.path) if payload is not None and payload.path else None
+
+
+def _load(path: str | bytes | None):
+    if path is None or path == "":
         raise ImageError("Please upload a photo or pick an example first.")
     started = time.perf_counter()
     image = load_image(path)
@@ -227,7 +264,7 @@ def build_demo(backends: Backends, default_backend: str, store: OutputStore, cat
         points_state = gr.State([])
         with gr.Row():
             with gr.Column(scale=4):
-                image = gr.Image(type="filepath", image_mode=None, label="Photo", sources=["upload", "clipboard"],
+                image = PhotoInput(type="filepath", image_mode=None, label="Photo", sources=["upload", "clipboard"],
                                  height=360)
                 gr.Examples([[str(e.path)] for e in catalog.examples], inputs=[image], label="Examples",
                             example_labels=[e.path.stem for e in catalog.examples])
@@ -282,7 +319,7 @@ def build_demo(backends: Backends, default_backend: str, store: OutputStore, cat
                            concurrency_limit=light, api_visibility="private")
 
         with gr.Row(visible=False):
-            api_image = gr.File(label="image", type="filepath")
+            api_image = gr.File(label="image", type="binary")
             api_fx, api_fy, api_cx, api_cy = (gr.Number(label=n) for n in ("fx", "fy", "cx", "cy"))
             api_backend = gr.Textbox(label="backend")
             api_colormap = gr.Image(label="colormap", format="png")

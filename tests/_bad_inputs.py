@@ -34,6 +34,7 @@ class ImageCase:
     size: tuple[int, int] | None = None  # (width, height) of the upright image when it loads
     probes: tuple[Probe, ...] = ()
     tolerance: int = 0  # per channel, for lossy formats
+    exif_orientation: int | None = None  # the EXIF Orientation tag the file carries, if any
 
     @property
     def valid(self) -> bool:
@@ -146,12 +147,12 @@ def exif_rotated_jpeg(orientation: int) -> bytes:
     return encode(Image.fromarray(quadrants(64, 48)), "JPEG", quality=95, exif=exif.tobytes())
 
 
-_ROTATIONS = {3: 2, 6: -1, 8: 1}  # EXIF orientation -> np.rot90 k that makes the stored pixels upright
+EXIF_ROT90_K = {3: 2, 6: -1, 8: 1}  # EXIF orientation -> np.rot90 k that makes the stored pixels upright
 
 
 def exif_upright(orientation: int) -> np.ndarray:
     """Oracle for exif_rotated_jpeg: what the viewer must show (3: 180°, 6: 90° clockwise, 8: 90° counter-clockwise)."""
-    return np.rot90(quadrants(64, 48), _ROTATIONS[orientation])
+    return np.rot90(quadrants(64, 48), EXIF_ROT90_K[orientation])
 
 
 def rgba_png() -> bytes:
@@ -298,7 +299,7 @@ def image_cases() -> list[ImageCase]:
         cases.append(ImageCase(f"EXIF orientation {orientation} JPEG", f"rot{orientation}.jpg",
                                lambda o=orientation: exif_rotated_jpeg(o),
                                size=(upright.shape[1], upright.shape[0]), probes=quadrant_probes(upright),
-                               tolerance=12))
+                               tolerance=12, exif_orientation=orientation))
     return cases
 
 

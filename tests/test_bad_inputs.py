@@ -19,12 +19,12 @@ from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
 from backend.host_engine import HostEngine
-from backend.imageio import ImageError, load_image
+from backend.imageio import ExifCamera, ImageError, LoadedImage, load_image
 from backend.intrinsics import Intrinsics, IntrinsicsError, centered
 from backend.pipeline import run
 from tests._app_helpers import REPO
-from tests._bad_inputs import (GOOD_INTRINSICS, INTRINSICS_IMAGE_SIZE, ImageCase, IntrinsicsCase, encode,
-                               image_cases, intrinsics_cases, quadrants)
+from tests._bad_inputs import (EXIF_ROT90_K, GOOD_INTRINSICS, INTRINSICS_IMAGE_SIZE, ImageCase, IntrinsicsCase,
+                               encode, image_cases, intrinsics_cases, quadrants)
 from tests._reliability_helpers import AppUnderTest, app_subprocess
 from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS
 
@@ -199,8 +199,8 @@ def test_api_works_for_odd_but_valid_files(app, client, engine, tmp_path):
         size = (info["image"]["width"], info["image"]["height"])
         if size != case.size:
             problems.append(f"{case.name}: the app saw {size}, expected {case.size}")
-        if case.name.startswith("EXIF orientation"):
-            expected = _depth_of_upright_by_hand(path, int(case.filename[3]), engine)
+        if case.exif_orientation:
+            expected = _depth_of_upright_by_hand(path, case.exif_orientation, engine)
             if not np.allclose(np.load(npy), expected, atol=1e-5, rtol=0):
                 problems.append(f"{case.name}: depth differs from the hand-rotated photo's")
     assert not problems, "\n".join(problems)
@@ -208,11 +208,9 @@ def test_api_works_for_odd_but_valid_files(app, client, engine, tmp_path):
 
 def _depth_of_upright_by_hand(path: Path, orientation: int, engine) -> np.ndarray:
     """Depth of the stored pixels rotated by numpy as EXIF says (not by the app's own EXIF code)."""
-    from backend.imageio import ExifCamera, LoadedImage
-
     with Image.open(path) as im:
         stored = np.asarray(im.convert("RGB"))
-    upright = np.ascontiguousarray(np.rot90(stored, {3: 2, 6: -1, 8: 1}[orientation]))
+    upright = np.ascontiguousarray(np.rot90(stored, EXIF_ROT90_K[orientation]))
     image = LoadedImage(upright, ExifCamera(), "JPEG", "RGB")
     return run(image, _centred_for(image.width, image.height), engine).depth
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gradio_client import Client, handle_file
 
 from _device_helpers import (RUNNER, deadline, engine_options, host_runner_files, phone,  # noqa: F401
                              remote_dir_on_host)
@@ -31,6 +33,7 @@ from device.adb import DeviceGoneError, DeviceLinkError
 from device.backends import Backends
 from device.engine import DeviceEngine, FallbackEngine
 from tests._app_helpers import REPO
+from tests._reliability_helpers import app_subprocess
 
 RECOVERY_BOUND_S = 5.0
 SIZE = 448
@@ -105,18 +108,30 @@ class CablePulledMidRequest(AdbDeviceEmulator):
 
 
 class RestartableAdbServer:
-    """A private adb server on a fixed port that a test can kill and start again."""
+    """A private adb server on a fixed port that a test can kill and start again.
+
+    adbutils runs `adb start-server` whenever it cannot reach the server, so after a kill
+    the app's own next adb call may bring a (daemon) server back first. While this object
+    lives, ANDROID_ADB_SERVER_PORT and ANDROID_USER_HOME point at it, so such a server lands
+    on this port with this temp home, and kill()/close() end it too: nothing outlives the test.
+    """
 
     def __init__(self, home: Path) -> None:
         home.mkdir(parents=True, exist_ok=True)
         self.home = home
         self.port = free_port()
-        self.env = dict(os.environ, HOME=str(home), ANDROID_USER_HOME=str(home / ".android"), ADB_MDNS="0",
-                        ADB_USB="0", ANDROID_ADB_SERVER_PORT=str(self.port))
+        overrides = {"ANDROID_ADB_SERVER_PORT": str(self.port), "ANDROID_USER_HOME": str(home / ".android"),
+                     "ADB_MDNS": "0", "ADB_USB": "0"}
+        self.env = dict(os.environ, HOME=str(home), **overrides)
+        self._saved = {k: os.environ.get(k) for k in overrides}
+        os.environ.update(overrides)
         self._proc: subprocess.Popen | None = None
         self._log = (home / "adb-server.log").open("ab")
 
     def start(self) -> None:
+        """Start a server on the port, unless adbutils already brought one back there."""
+        if _port_open(self.port):
+            return
         self._proc = subprocess.Popen([adb_binary(), "-L", f"tcp:localhost:{self.port}", "server", "nodaemon"],
                                       env=self.env, stdin=subprocess.DEVNULL, stdout=self._log,
                                       stderr=subprocess.STDOUT)
@@ -130,20 +145,26 @@ class RestartableAdbServer:
         raise TimeoutError(f"adb server did not listen on {self.port}")
 
     def kill(self) -> None:
-        """SIGKILL: the server dies without saying goodbye, as when it crashes."""
+        """SIGKILL our server (it dies without a goodbye, as in a crash); end an auto-started one too."""
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait(timeout=10)
         self._proc = None
+        if _port_open(self.port):
+            subprocess.run([adb_binary(), "-P", str(self.port), "kill-server"], env=self.env, capture_output=True,
+                           timeout=10)
 
     def close(self) -> None:
         self.kill()
         self._log.close()
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _port_open(port: int) -> bool:
-    import socket
-
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -404,10 +425,6 @@ def test_app_refuses_to_start_with_a_bad_model_and_says_why(problem, stand_in_mo
 def test_app_api_explains_a_runner_crash_recovers_and_survives_a_pulled_cable(tmp_path, stand_in_model,
                                                                               host_runner_files):
     """app.py --backend auto with the emulated Pixel: what an API user sees for each fault."""
-    from gradio_client import Client, handle_file
-
-    from tests._reliability_helpers import app_subprocess
-
     photo = REPO / "examples" / "motorcycle.png"
     intr = (994.978, 994.978, 311.193, 254.877)
 
