@@ -297,10 +297,10 @@ class RunnerClient:
                                 "readback": reply.readback_us / 1000.0}
         return reply.depth, reply.compute_us / 1000.0, reply.nonfinite
 
-    def ping(self, payload: bytes = b"") -> float:
-        """Round-trip time in ms; the runner must echo the payload."""
+    def ping(self, payload: bytes = b"", timeout: float | None = None) -> float:
+        """Round-trip time in ms; the runner must echo the payload (within `timeout` s if given)."""
         start = time.perf_counter()
-        echoed = self._call(MsgType.PING, payload)
+        echoed = self._call(MsgType.PING, payload, timeout)
         if echoed != payload:
             raise ProtocolError("PING reply does not echo the request")
         return (time.perf_counter() - start) * 1000.0
@@ -329,9 +329,9 @@ class RunnerClient:
         self._next_id = (self._next_id % 0xFFFFFFFF) + 1
         return request_id
 
-    def _call(self, msg_type: MsgType, payload: bytes) -> bytes:
+    def _call(self, msg_type: MsgType, payload: bytes, timeout: float | None = None) -> bytes:
         request_id = self._take_id()
-        return self._exchange(encode_frame(msg_type, request_id, payload), msg_type, request_id, None)
+        return self._exchange(encode_frame(msg_type, request_id, payload), msg_type, request_id, timeout)
 
     def _exchange(self, frame: bytes, msg_type: MsgType, request_id: int, timeout: float | None) -> bytes:
         """Send one frame and read its reply; any failure leaves the stream out of step, so it closes it."""

@@ -18,6 +18,9 @@ from device.build import ANDROID_BUILD_DIR, ANDROID_LIBS, ANDROID_PLATFORM_DIR, 
 from device.protocol import RUNNER_VERSION, HelloReply, RunnerClient, RunnerError, build_runner_args, new_token
 
 REMOTE_MODEL_NAME = "model.tflite"
+# The health PING is sent while the runner is idle, so an answer takes milliseconds; a runner
+# that is alive but stuck is restarted after this long instead of the whole request timeout.
+HEALTH_TIMEOUT_S = 2.0
 BUILD_HINT = ("Install the Android NDK (r27) and run: ANDROID_NDK_HOME=/path/to/android-ndk "
               "python -m device build-android")
 
@@ -117,7 +120,7 @@ class RunnerSession:
         if self.client is None:
             return False
         try:
-            self.client.ping(b"health")
+            self.client.ping(b"health", timeout=HEALTH_TIMEOUT_S)
             return True
         except RunnerError:
             self.drop_connection()

@@ -4,7 +4,10 @@ cannot start. Each must give a message a person can act on, and nothing may hang
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +178,22 @@ def test_closing_after_the_phone_went_away_does_not_hang(phone, stand_in_model, 
         engine.close()
         with pytest.raises(EngineError, match="closed"):
             engine.infer(_image(engine.input_size))
+
+
+def test_a_stuck_runner_is_replaced_within_seconds(phone, stand_in_model, host_runner_files):
+    """Alive but not answering (SIGSTOP): the short health ping notices it, and the request
+    is served by a fresh runner instead of waiting out the whole request timeout."""
+    with deadline(60):
+        engine = DeviceEngine(stand_in_model, phone.serial, **engine_options(phone, host_runner_files))
+        try:
+            stuck = engine._session.runner.pid
+            os.kill(stuck, signal.SIGSTOP)
+            started = time.monotonic()
+            result = engine.infer(_image(engine.input_size))
+            elapsed = time.monotonic() - started
+            assert result.depth.shape == (engine.input_size, engine.input_size)
+            assert engine._session.runner.pid != stuck
+            assert stuck not in phone.device.processes()
+            assert elapsed < 5.0, f"replacing a stuck runner took {elapsed:.1f} s"
+        finally:
+            engine.close()
