@@ -190,7 +190,7 @@ def palette_png(transparent: bool) -> bytes:
 def gray16_png() -> bytes:
     gray = np.zeros((48, 64), np.uint16)
     gray[:, :32], gray[:, 32:] = 65535, 32768
-    return encode(Image.fromarray(gray, "I;16"), "PNG")
+    return encode(Image.fromarray(gray), "PNG")  # uint16 -> mode I;16
 
 
 def rgb48_png() -> bytes:

@@ -133,10 +133,14 @@ class ConvGRU(nn.Module):
 
 
 def norm_normalize(out: torch.Tensor) -> torch.Tensor:
-    """Unit xyz normal and kappa = elu + 1.01, without POW or SELECT."""
+    """Unit xyz normal and kappa = elu + 1.01, without POW or SELECT.
+
+    One broadcast division keeps the state's concatenation at 4 inputs: with the three
+    components separate it had 6, which XNNPACK does not take, splitting the CPU graph.
+    """
     nx, ny, nz, kappa = out[:, 0:1], out[:, 1:2], out[:, 2:3], out[:, 3:4]
     norm = torch.sqrt(nx * nx + ny * ny + nz * nz) + 1e-10
-    return torch.cat([nx / norm, ny / norm, nz / norm, elu_select_free(kappa) + 1.0 + MIN_KAPPA], dim=1)
+    return torch.cat([out[:, 0:3] / norm, elu_select_free(kappa) + 1.0 + MIN_KAPPA], dim=1)
 
 
 class ExportDecoder(nn.Module):
