@@ -117,6 +117,7 @@ class PhotoInput(gr.Image):
     gr.Image opens every upload with Pillow before the handler runs; a file Pillow cannot
     open (text, HEIC, a decompression bomb) then fails inside Gradio, and the page shows
     only red "Error" badges. Passing the raw path on lets load_image say what is wrong.
+    (Gradio writes a type stub, app.pyi, for every component subclass; it is gitignored.)
     """
 
     def get_block_name(self) -> str:
