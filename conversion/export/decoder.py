@@ -16,6 +16,7 @@ from torch import nn
 from conversion.export.ops import (LayerNormChannels, NearestResize, SubPixelConvTranspose,
                                    ConvexUpsample, avg_pool_3x3_s2_include_pad, elu_select_free,
                                    gelu_erf, resize_bilinear_ac)
+from conversion.model import gru
 
 MIN_DEPTH, MAX_DEPTH, REGRESS_SCALE = 0.1, 200.0, 100.0
 MIN_KAPPA = 0.01
@@ -115,21 +116,17 @@ class ContextHead(nn.Module):
         return self.conv(self.block(x))
 
 
-class ConvGRU(nn.Module):
+class ConvGRU(gru.ConvGRU):
+    """The faithful ConvGRU (already GPU-safe), built from the state dict, context as a list."""
+
     def __init__(self, sd: State, prefix: str) -> None:
-        super().__init__()
-        self.convz = _conv(sd, f"{prefix}.convz", padding=1)
-        self.convr = _conv(sd, f"{prefix}.convr", padding=1)
-        self.convq = _conv(sd, f"{prefix}.convq", padding=1)
+        hidden, total = sd[f"{prefix}.convz.weight"].shape[:2]
+        super().__init__(int(hidden), int(total - hidden))
+        self.load_state_dict({key[len(prefix) + 1:]: value for key, value in sd.items()
+                              if key.startswith(f"{prefix}.conv")})
 
     def forward(self, h: torch.Tensor, ctx: list[torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
-        cz, cr, cq = ctx
-        x = torch.cat(inputs, dim=1)
-        hx = torch.cat([h, x], dim=1)
-        z = torch.sigmoid(self.convz(hx) + cz)
-        r = torch.sigmoid(self.convr(hx) + cr)
-        q = torch.tanh(self.convq(torch.cat([r * h, x], dim=1)) + cq)
-        return (1 - z) * h + z * q
+        return super().forward(h, *ctx, *inputs)
 
 
 def norm_normalize(out: torch.Tensor) -> torch.Tensor:
