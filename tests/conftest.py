@@ -62,6 +62,16 @@ def stand_in_model() -> Path:
     return _build_once("stand-in model", [sys.executable, "-m", "conversion.stand_in", "--output", "{out}"], out)
 
 
+@pytest.fixture(scope="session")
+def stand_in_engine(stand_in_model: Path):
+    """One host engine on the stand-in model, shared (it is safe under concurrent requests)."""
+    from backend.host_engine import HostEngine
+
+    engine = HostEngine(stand_in_model)
+    yield engine
+    engine.close()
+
+
 def _conversion_key() -> str:
     return _sources_hash("conversion/**/*.py", "backend/model_info.py", exclude=("stand_in.py",))
 

@@ -58,11 +58,9 @@ def _intrinsics_photo() -> bytes:
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def engine(stand_in_model: Path):
-    host = HostEngine(stand_in_model)
-    yield host
-    host.close()
+@pytest.fixture
+def engine(stand_in_engine: HostEngine) -> HostEngine:
+    return stand_in_engine
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,9 @@ from backend.preprocess import normalize
 from tests._app_helpers import REPO
 
 
-@pytest.fixture(scope="module")
-def engine(stand_in_model: Path):
-    eng = HostEngine(stand_in_model)
-    yield eng
-    eng.close()
+@pytest.fixture
+def engine(stand_in_engine: HostEngine) -> HostEngine:
+    return stand_in_engine
 
 
 @pytest.fixture(scope="module")

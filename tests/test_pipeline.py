@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,11 +20,9 @@ from tests._app_helpers import REPO
 MOTORCYCLE = REPO / "examples" / "motorcycle.png"
 
 
-@pytest.fixture(scope="module")
-def engine(stand_in_model: Path):
-    eng = HostEngine(stand_in_model)
-    yield eng
-    eng.close()
+@pytest.fixture
+def engine(stand_in_engine: HostEngine) -> HostEngine:
+    return stand_in_engine
 
 
 @pytest.fixture(scope="module")
