@@ -2,6 +2,7 @@
 and the whole export form against the golden upstream depth."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 
@@ -13,8 +14,8 @@ from torch import nn
 
 from conversion.audit import audit_model
 from conversion.export import ops
-from conversion.export.decoder import norm_normalize
-from conversion.export.encoder import ExportBlock
+from conversion.export.ops import norm_normalize
+from conversion.export.transform import gpu_safe_
 from tests._conversion_helpers import convert_small, run_litert
 
 torch.manual_seed(0)
@@ -134,10 +135,9 @@ def _faithful_block() -> nn.Module:
 
 def test_vit_block_with_split_qkv_and_folded_layerscale_matches_faithful_block():
     block = _faithful_block()
-    sd = {f"b.{k}": v.detach() for k, v in block.state_dict().items()}
     x = _randn(1, 1029, 384, seed=6)
     with torch.no_grad():
-        torch.testing.assert_close(ExportBlock(sd, "b")(x), block(x), rtol=1e-5, atol=2e-5)
+        torch.testing.assert_close(gpu_safe_(copy.deepcopy(block))(x), block(x), rtol=1e-5, atol=2e-5)
 
 
 class _AllRewrites(nn.Module):

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conversion.model.heads import MIN_KAPPA
+
 # GELU(x) = x * Phi(x) = x * sigmoid(logit Phi(x)), and logit Phi is odd and smooth, so it is
 # fitted as t * Q(t^2) with t = x/4 (degree 13; weighted minimax fit of log_ndtr(x) -
 # log_ndtr(-x) on [0, 8], weights x * Phi * (1 - Phi), i.e. the error it causes in GELU).
@@ -39,9 +41,98 @@ def gelu_erf(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(t * q)
 
 
+class GeluErf(nn.Module):
+    """nn.GELU() (exact erf form) as gelu_erf."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gelu_erf(x)
+
+
 def elu_select_free(x: torch.Tensor) -> torch.Tensor:
     """ELU(alpha=1) as relu(x) + exp(min(x, 0)) - 1 (PyTorch's F.elu lowers to SELECT)."""
     return F.relu(x) + (torch.exp(torch.clamp(x, max=0.0)) - 1.0)
+
+
+def norm_normalize(out: torch.Tensor) -> torch.Tensor:
+    """conversion.model.heads.norm_normalize (unit xyz normal, kappa = elu + 1.01) without POW or SELECT.
+
+    One broadcast division keeps the state's concatenation at 4 inputs: with the three
+    components separate it had 6, which XNNPACK does not take, splitting the CPU graph.
+    """
+    nx, ny, nz, kappa = out[:, 0:1], out[:, 1:2], out[:, 2:3], out[:, 3:4]
+    norm = torch.sqrt(nx * nx + ny * ny + nz * nz) + 1e-10
+    return torch.cat([out[:, 0:3] / norm, elu_select_free(kappa) + 1.0 + MIN_KAPPA], dim=1)
+
+
+class NormNormalize(nn.Module):
+    """heads.NormNormalize as norm_normalize."""
+
+    def forward(self, out: torch.Tensor) -> torch.Tensor:
+        return norm_normalize(out)
+
+
+class ExpectedDepth(nn.Module):
+    """heads.ExpectedDepth with the softmax on the last axis and the expectation as one FULLY_CONNECTED.
+
+    [B,K,H,W] logits -> [B,1,H,W]: the bins move to the last (the GPU's channel) axis, where
+    SOFTMAX works natively, and sum(prob * bins) is a matrix product with the [1,K] bins row.
+    """
+
+    def __init__(self, bins: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("bins", bins.detach().clone().view(1, -1))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        prob = torch.softmax(logits.permute(0, 2, 3, 1), dim=-1)
+        return F.linear(prob, self.bins).permute(0, 3, 1, 2)
+
+
+class Attention4D(nn.Module):
+    """vit.Attention with the fused qkv split into three Linears and every tensor at most 4D.
+
+    Upstream reshapes qkv to 5D [3,B,heads,N,hd]. Here q, k and v are their own Linears (rows
+    of the qkv weight) and q's 1/sqrt(hd) scale is folded into q's weights (exact for hd = 64,
+    a power of two); the output projection is the faithful module's own `proj`.
+    """
+
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__()
+        self.num_heads = attn.num_heads
+        weight, bias = attn.qkv.weight.detach(), attn.qkv.bias.detach()
+        dim = weight.shape[1]
+        self.q, self.k, self.v = (_linear(weight[i * dim:(i + 1) * dim], bias[i * dim:(i + 1) * dim])
+                                  for i in range(3))
+        fold_scale_(self.q, attn.scale)
+        self.proj = attn.proj
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).permute(0, 2, 1, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
+        attn = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
+        return self.proj((attn @ v).permute(0, 2, 1, 3).reshape(b, n, c))
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0])
+    layer.weight.data.copy_(weight)
+    layer.bias.data.copy_(bias)
+    return layer
+
+
+def fold_scale_(layer: nn.Linear | nn.Conv2d, scale: torch.Tensor | float) -> None:
+    """Make layer(x) equal the old layer(x) * scale (per output channel or scalar), in place.
+
+    Exact when the scale is a power of two; otherwise one rounding per weight (LayerScale).
+    """
+    scale = torch.as_tensor(scale, dtype=layer.weight.dtype).detach()
+    with torch.no_grad():
+        layer.weight.mul_(scale.reshape(-1, *[1] * (layer.weight.dim() - 1)))
+        if layer.bias is not None:
+            layer.bias.mul_(scale)
 
 
 def layer_norm_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
@@ -162,6 +253,13 @@ def avg_pool_3x3_s2_include_pad(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(F.pad(x, (1, 1, 1, 1)), 3, stride=2)
 
 
+class AvgPool3x3S2IncludePad(nn.Module):
+    """nn.AvgPool2d(3, 2, 1) (count_include_pad=True) as avg_pool_3x3_s2_include_pad."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return avg_pool_3x3_s2_include_pad(x)
+
+
 def resize_bilinear_ac(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Bilinear resize with align_corners=True, as every upstream decoder resize uses.
 
@@ -169,6 +267,21 @@ def resize_bilinear_ac(x: torch.Tensor, height: int, width: int) -> torch.Tensor
     fixed output size gives the same result as upstream's scale_factor calls.
     """
     return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=True)
+
+
+class ResizeBilinearAC(nn.Module):
+    """nn.Upsample(scale_factor=s, mode="bilinear", align_corners=True) as a resize to a fixed size.
+
+    The size is PyTorch's floor(in * s), read from the (static) input shape when traced.
+    """
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return resize_bilinear_ac(x, math.floor(h * self.scale), math.floor(w * self.scale))
 
 
 class ConvexUpsample(nn.Module):

@@ -11,9 +11,9 @@ from torch import nn
 
 from conversion.model.context import ContextFeatureEncoder
 from conversion.model.dpt import DecoderFeature, EncoderFeature
-from conversion.model.gru import BasicMultiUpdateBlock, convex_upsample
-from conversion.model.heads import (MAX_DEPTH, REGRESS_SCALE, clamp_depth, depth_bins, depth_regressor,
-                                    expected_depth, norm_normalize, normal_predictor, state_to_depth)
+from conversion.model.gru import BasicMultiUpdateBlock, ConvexUpsample
+from conversion.model.heads import (MAX_DEPTH, REGRESS_SCALE, ExpectedDepth, NormNormalize, clamp_depth,
+                                    depth_regressor, normal_predictor, state_to_depth)
 
 # vit.raft5.small.py (+ its dino_vit_small_reg.dpt_raft base): the ViT-S decoder sizes.
 VIT_S_DECODER = {
@@ -48,7 +48,10 @@ class RAFTDepthNormalDPT5(nn.Module):
         self.context_zqr_convs = nn.ModuleList(
             nn.Conv2d(c, 3 * h, 3, padding=1) for c, h in zip(hidden_channels, hidden_channels))
         self.update_block = BasicMultiUpdateBlock(hidden_channels)
-        self.register_buffer("depth_bins", depth_bins(), persistent=False)
+        # Weight-free stages as submodules (no checkpoint keys), each swappable by an exporter.
+        self.expected_depth = ExpectedDepth()
+        self.norm_normalize = NormNormalize()
+        self.upsample = ConvexUpsample()
 
     def split_tokens(self, tokens: torch.Tensor, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """[B,N,C] -> patch features [B,gh,gw,C] and cls+registers flattened to [B,1,1,(1+R)C]."""
@@ -58,9 +61,9 @@ class RAFTDepthNormalDPT5(nn.Module):
     def initial_state(self, ref_feat: torch.Tensor) -> torch.Tensor:
         """Fused 1/4 features -> [(d-200)/100, depth conf, unit normal xyz, kappa] (6 channels)."""
         features, depth_conf, normal_conf = ref_feat[:, :-2], ref_feat[:, -2:-1], ref_feat[:, -1:]
-        depth = expected_depth(self.depth_regressor(features), self.depth_bins)
+        depth = self.expected_depth(self.depth_regressor(features))
         depth = (clamp_depth(depth) - MAX_DEPTH) / REGRESS_SCALE
-        normal = norm_normalize(torch.cat([self.normal_predictor(features), normal_conf], dim=1))
+        normal = self.norm_normalize(torch.cat([self.normal_predictor(features), normal_conf], dim=1))
         return torch.cat((depth, depth_conf, normal), dim=1)
 
     def context(self, x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor
@@ -77,8 +80,12 @@ class RAFTDepthNormalDPT5(nn.Module):
         return net, inp
 
     def upsample_depth(self, state: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Low-res state + convex mask -> clamped full-resolution depth (meters, canonical)."""
-        return state_to_depth(convex_upsample(state, mask)[:, :1])
+        """Low-res state + convex mask -> clamped full-resolution depth (meters, canonical).
+
+        Upstream upsamples all six state channels and keeps the first; the upsampling is per
+        channel, so upsampling only the depth channel gives the same values.
+        """
+        return state_to_depth(self.upsample(state[:, :1], mask))
 
     def forward(self, tokens: torch.Tensor, grid_h: int, grid_w: int, record: Record = None) -> torch.Tensor:
         patches, learned = self.split_tokens(tokens, grid_h, grid_w)
@@ -88,7 +95,7 @@ class RAFTDepthNormalDPT5(nn.Module):
         net, inp = self.context(x0, x1, x2)
         if record is not None:
             record.update(readout_1_14=x, depth_init=state, net_init_1_4=net[0], net_init_1_7=net[1],
-                          net_init_1_14=net[2], depth_bins=self.depth_bins)
+                          net_init_1_14=net[2], depth_bins=self.expected_depth.bins)
         states, depths = [], []
         for itr in range(self.iters):
             net, mask, delta = self.update_block(net, inp, state)

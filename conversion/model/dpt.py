@@ -4,6 +4,8 @@ Parity notes (upstream `RAFTDepthNormalDPTDecoder5.py`):
 * the readout adds a bias-free projection of [cls, 4 registers] (1920 features) to every patch;
 * 1/7 is a ConvTranspose2d(k2, s2); 1/4 is *nearest* x3.5 then a 1x1 conv;
 * fusion resizes are bilinear with align_corners=True (x2, then x7/4);
+* every resize is an `nn.Upsample` submodule (no weights, so no checkpoint keys), so an
+  exporter can swap it for a fixed-size form;
 * ConvBlock's residual is relu(x) + conv(...): upstream's in-place ReLU. That same in-place
   ReLU also overwrites the caller's read_1/read_2 maps; `DecoderFeature.forward` leaves its
   inputs alone, and the decoder applies that ReLU explicitly where the context encoder reads them.
@@ -37,18 +39,18 @@ class Token2Feature(nn.Module):
         super().__init__()
         self.scale = scale
         self.readoper = Readout(dim, num_register_tokens)
+        self.resize: nn.Module = nn.Identity()  # holds no weights: checkpoint keys are unchanged
         if scale == 1:
             self.sample = nn.Identity()
         elif float(scale).is_integer():
             self.sample = nn.ConvTranspose2d(dim, out_channels, kernel_size=int(scale), stride=int(scale))
         else:
+            self.resize = nn.Upsample(scale_factor=scale, mode="nearest")
             self.sample = nn.Sequential(nn.Conv2d(dim, out_channels, kernel_size=1))
 
     def forward(self, patches: torch.Tensor, learned: torch.Tensor) -> torch.Tensor:
         x = self.readoper(patches, learned).permute(0, 3, 1, 2).contiguous()
-        if not float(self.scale).is_integer():
-            x = F.interpolate(x, scale_factor=self.scale, mode="nearest")
-        return self.sample(x)
+        return self.sample(self.resize(x))
 
 
 class EncoderFeature(nn.Module):
@@ -87,20 +89,17 @@ class FuseBlock(nn.Module):
                  scale_factor: float = 2) -> None:
         super().__init__()
         self.fuse = fuse
-        self.upsample = upsample
-        self.scale_factor = scale_factor
         self.way_trunk = ConvBlock(in_channels)
         if fuse:
             self.way_branch = ConvBlock(in_channels)
+        self.resize = (nn.Upsample(scale_factor=scale_factor, mode="bilinear", align_corners=True)
+                       if upsample else nn.Identity())
         self.out_conv = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         if skip is not None:
             x = x + self.way_branch(skip)
-        out = self.way_trunk(x)
-        if self.upsample:
-            out = F.interpolate(out, scale_factor=self.scale_factor, mode="bilinear", align_corners=True)
-        return self.out_conv(out)
+        return self.out_conv(self.resize(self.way_trunk(x)))
 
 
 class DecoderFeature(nn.Module):

@@ -13,14 +13,22 @@ from torch import nn
 
 UPSAMPLE = 4  # 2 ** n_downsample
 STATE_CHANNELS = 6  # depth, depth confidence, normal xyz, kappa
-
-
-def pool2x(x: torch.Tensor) -> torch.Tensor:
-    return F.avg_pool2d(x, 3, stride=2, padding=1)
+MASK_SCALE = 0.25  # upstream: mask = .25 * self.mask(net[0])
 
 
 def interp(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, like.shape[2:], mode="bilinear", align_corners=True)
+
+
+class Scale(nn.Module):
+    """Multiply by a constant; a module (no weights) so an exporter can fold it into the conv before."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
 
 
 class ConvGRU(nn.Module):
@@ -69,12 +77,14 @@ class BasicMultiUpdateBlock(nn.Module):
         self.flow_head = FlowHead(hidden_dims[2], 2 * hidden_dims[2])
         self.mask = nn.Sequential(nn.Conv2d(hidden_dims[2], hidden_dims[2], 3, padding=1), nn.ReLU(),
                                   nn.Conv2d(hidden_dims[2], UPSAMPLE * UPSAMPLE * 9, 1))
+        self.mask_scale = Scale(MASK_SCALE)
+        self.pool2x = nn.AvgPool2d(3, stride=2, padding=1)  # count_include_pad=True, as upstream
 
     def step32(self, net: list[torch.Tensor], inp: list[list[torch.Tensor]]) -> list[torch.Tensor]:
-        return [net[0], net[1], self.gru32(net[2], *inp[2], pool2x(net[1]))]
+        return [net[0], net[1], self.gru32(net[2], *inp[2], self.pool2x(net[1]))]
 
     def step16(self, net: list[torch.Tensor], inp: list[list[torch.Tensor]]) -> list[torch.Tensor]:
-        h16 = self.gru16(net[1], *inp[1], interp(pool2x(net[0]), net[1]), interp(net[2], net[1]))
+        h16 = self.gru16(net[1], *inp[1], interp(self.pool2x(net[0]), net[1]), interp(net[2], net[1]))
         return [net[0], h16, net[2]]
 
     def step08(self, net: list[torch.Tensor], inp: list[list[torch.Tensor]],
@@ -90,7 +100,7 @@ class BasicMultiUpdateBlock(nn.Module):
         net = self.step32(net, inp)
         net = self.step16(self.step32(net, inp), inp)
         net = self.step08(self.step16(self.step32(net, inp), inp), inp, state)
-        return net, 0.25 * self.mask(net[0]), self.flow_head(net[0])
+        return net, self.mask_scale(self.mask(net[0])), self.flow_head(net[0])
 
 
 def convex_upsample(state: torch.Tensor, mask: torch.Tensor, factor: int = UPSAMPLE) -> torch.Tensor:
@@ -100,3 +110,14 @@ def convex_upsample(state: torch.Tensor, mask: torch.Tensor, factor: int = UPSAM
     neighbours = F.unfold(state, [3, 3], padding=1).view(n, d, 9, 1, 1, h, w)
     up = torch.sum(weights * neighbours, dim=2)
     return up.permute(0, 1, 4, 2, 5, 3).reshape(n, d, factor * h, factor * w)
+
+
+class ConvexUpsample(nn.Module):
+    """`convex_upsample` by a fixed factor, as a module so an exporter can swap it for a GPU-safe form."""
+
+    def __init__(self, factor: int = UPSAMPLE) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, state: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return convex_upsample(state, mask, self.factor)

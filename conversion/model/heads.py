@@ -52,6 +52,24 @@ def expected_depth(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     return torch.sum(prob * bins.view(1, -1, 1, 1), 1).unsqueeze(1)
 
 
+class ExpectedDepth(nn.Module):
+    """`expected_depth` over the 256 depth bins, which it holds as a non-persistent buffer."""
+
+    def __init__(self, num_bins: int = NUM_BINS) -> None:
+        super().__init__()
+        self.register_buffer("bins", depth_bins(num_bins), persistent=False)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return expected_depth(logits, self.bins)
+
+
+class NormNormalize(nn.Module):
+    """`norm_normalize` as a module, so an exporter can swap it for a GPU-safe form."""
+
+    def forward(self, norm_out: torch.Tensor) -> torch.Tensor:
+        return norm_normalize(norm_out)
+
+
 def depth_regressor(in_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_channels, NUM_BINS, 3, padding=1), nn.ReLU(),
                          nn.Conv2d(NUM_BINS, NUM_BINS, 1))

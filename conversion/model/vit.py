@@ -144,13 +144,18 @@ class DinoVisionTransformerReg(nn.Module):
         return interpolate_pos_embed(self.pos_embed, grid_h, grid_w)
 
     def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch tokens + pos-embed, cls first; registers are inserted after and carry no pos-embed."""
+        """[cls + pos[0], registers, patches + pos[1:]]: registers are inserted after the pos-embed.
+
+        The same sums as upstream's cat-add-split, written so that with a constant pos-embed
+        the whole prefix is a constant and only the patch tokens see an ADD.
+        """
         grid_h, grid_w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         tokens = self.patch_embed(x)
-        tokens = torch.cat((self.cls_token.expand(tokens.shape[0], -1, -1), tokens), dim=1)
-        tokens = tokens + self.pos_embed_for(grid_h, grid_w)
-        registers = self.register_tokens.expand(tokens.shape[0], -1, -1)
-        return torch.cat((tokens[:, :1], registers, tokens[:, 1:]), dim=1)
+        pos = self.pos_embed_for(grid_h, grid_w)
+        batch = tokens.shape[0]
+        cls = (self.cls_token + pos[:, :1]).expand(batch, -1, -1)
+        registers = self.register_tokens.expand(batch, -1, -1)
+        return torch.cat((cls, registers, tokens + pos[:, 1:]), dim=1)
 
     def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Transformer blocks then the final LayerNorm."""
