@@ -118,6 +118,54 @@ def test_fixed_size_bilinear_equals_upstream_scale_factor_resize(src, scale):
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("src,scale", [(32, 2.0), (64, 7 / 4)])
+def test_fixed_size_bilinear_module_equals_upstream_upsample(src, scale):
+    x = _randn(1, 8, src, src)
+    ref = nn.Upsample(scale_factor=scale, mode="bilinear", align_corners=True)(x)
+    out = ops.ResizeBilinearAC(scale)(x)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_expected_depth_on_last_axis_matches_faithful():
+    from conversion.model.heads import depth_bins, expected_depth
+
+    logits, bins = _randn(1, 256, 12, 16, scale=4.0, seed=8), depth_bins()
+    torch.testing.assert_close(ops.ExpectedDepth(bins)(logits), expected_depth(logits, bins),
+                               rtol=2e-6, atol=1e-5)
+
+
+def test_mask_scale_folds_exactly_into_the_mask_conv():
+    from conversion.model.gru import BasicMultiUpdateBlock
+    from conversion.random_weights import randomize_
+
+    block = randomize_(BasicMultiUpdateBlock([48, 48, 48]), seed=9).eval()
+    h = _randn(1, 48, 14, 14, seed=10)
+    with torch.no_grad():
+        folded = gpu_safe_(copy.deepcopy(block))
+        assert torch.equal(folded.mask_scale(folded.mask(h)), block.mask_scale(block.mask(h)))  # 0.25: exact
+
+
+def test_transform_keeps_the_faithful_model_and_leaves_no_unsafe_module():
+    from conversion.export import ExportMetric3D
+    from conversion.model import Metric3D, context, gru, heads, vit
+    from conversion.random_weights import randomize_
+
+    faithful = randomize_(Metric3D(), seed=11).eval()
+    before = {k: v.clone() for k, v in faithful.state_dict().items()}
+    export = ExportMetric3D(faithful, 224)
+    after = faithful.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    unsafe = (nn.GELU, nn.LayerNorm, nn.ConvTranspose2d, nn.Upsample, nn.AvgPool2d, vit.Attention,
+              vit.LayerScale, context.LayerNorm2d, heads.ExpectedDepth, heads.NormNormalize,
+              gru.ConvexUpsample, gru.Scale)
+    assert not [m for m in export.modules() if isinstance(m, unsafe)]
+    block = export.model.decoder.context_feature_encoder.outputs04[0][0]
+    assert block.norm3 is block.downsample[1]  # upstream's one LayerNorm under two names stays one
+    with pytest.raises(ValueError, match="multiple of 28"):
+        ExportMetric3D(faithful, 230)
+
+
 def test_convex_upsample_matches_faithful():
     from conversion.model.gru import convex_upsample
 

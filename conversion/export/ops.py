@@ -1,9 +1,10 @@
 """GPU-safe replacements for the PyTorch ops of Metric3D that LiteRT's GPU delegate cannot run.
 
-Each function or module here computes the same values as the op it replaces (to fp32
-rounding) using only ops the audit allows: no GELU, POW, WHERE/SELECT, GATHER(_ND),
-TRANSPOSE_CONV or RESIZE_NEAREST_NEIGHBOR, and no tensor above 4D. Each one is unit-tested
-against the original op in tests/test_export_rewrites.py.
+Each function or module here computes the same values as the op or faithful module it
+replaces (to fp32 rounding) using only ops the audit allows: no GELU, POW, WHERE/SELECT,
+GATHER(_ND), TRANSPOSE_CONV or RESIZE_NEAREST_NEIGHBOR, and no tensor above 4D. transform.py
+swaps them into the faithful model; each one is unit-tested against what it replaces in
+tests/test_export_rewrites.py.
 """
 from __future__ import annotations
 

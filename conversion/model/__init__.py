@@ -12,7 +12,11 @@ Structure (module attribute paths = official checkpoint keys, e.g.
         ├ depth_regressor, normal_predictor heads.py    256-bin expectation, unit normals
         ├ context_feature_encoder         context.py    GRU hidden init + context (LayerNorm2d eps 1e-5)
         ├ context_zqr_convs
-        └ update_block                    gru.py        ConvGRUs, flow head, convex mask; convex_upsample
+        └ update_block                    gru.py        ConvGRUs, flow head, convex mask; ConvexUpsample
+
+Weight-free stages (resizes, pooling, expected depth, normal normalisation, convex upsampling,
+the mask's 0.25) are submodules without checkpoint keys, so conversion.export can swap them
+for GPU-safe forms in place instead of re-declaring the network.
 
 Entry points: `Metric3D()` (random init; load weights with `conversion.checkpoint`),
 `Metric3D.forward_with_intermediates(image)` for parity debugging.

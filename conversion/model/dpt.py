@@ -37,7 +37,6 @@ class Token2Feature(nn.Module):
 
     def __init__(self, dim: int, out_channels: int, scale: float, num_register_tokens: int) -> None:
         super().__init__()
-        self.scale = scale
         self.readoper = Readout(dim, num_register_tokens)
         self.resize: nn.Module = nn.Identity()  # holds no weights: checkpoint keys are unchanged
         if scale == 1:
