@@ -4,18 +4,18 @@ Nothing is re-declared: the network stays conversion.model's, with its weights. 
 stages the LiteRT GPU delegate cannot run (or that lower to banned ops) are swapped for their
 replacements in ops.py, and constant scales are folded into the layer before them:
 
-    nn.GELU                    -> GeluErf (x * sigmoid(odd polynomial), MUL/ADD/LOGISTIC)
-    nn.LayerNorm, LayerNorm2d  -> LayerNormLast / LayerNormChannels (fp16-safe reductions)
-    vit.Attention              -> Attention4D (fused qkv split, q scale folded, no 5D tensor)
-    nn.ConvTranspose2d         -> SubPixelConvTranspose (1x1 conv + pixel shuffle)
-    nearest x3.5 (Token2Feature)-> NearestResize (0/1 matrix products), after the 1x1 conv
-    bilinear nn.Upsample       -> ResizeBilinearAC (fixed output size)
-    nn.AvgPool2d(3, 2, 1)      -> AvgPool3x3S2IncludePad (explicit zero pad)
-    heads.ExpectedDepth        -> ExpectedDepth (softmax on the last axis, one FULLY_CONNECTED)
-    heads.NormNormalize        -> NormNormalize (no POW, select-free ELU)
-    gru.ConvexUpsample         -> ConvexUpsample (one-hot conv instead of unfold, <= 4D)
-    LayerScale, mask's 0.25    -> folded into attn.proj / mlp.fc2 / the mask conv (then Identity)
-    pos-embed                  -> resized once (upstream's bicubic, +0.1) for the fixed grid
+    nn.GELU                   -> GeluErf (x * sigmoid(odd polynomial): MUL/ADD/LOGISTIC)
+    nn.LayerNorm, LayerNorm2d -> LayerNormLast / LayerNormChannels (fp16-safe reductions)
+    vit.Attention             -> Attention4D (fused qkv split, q scale folded, no 5D tensor)
+    nn.ConvTranspose2d        -> SubPixelConvTranspose (1x1 conv + pixel shuffle)
+    Token2Feature's nearest   -> NearestResize (0/1 matrix products), moved after the 1x1 conv
+    bilinear nn.Upsample      -> ResizeBilinearAC (fixed output size)
+    nn.AvgPool2d(3, 2, 1)     -> AvgPool3x3S2IncludePad (explicit zero pad)
+    heads.ExpectedDepth       -> ExpectedDepth (softmax on the last axis, one FULLY_CONNECTED)
+    heads.NormNormalize       -> NormNormalize (no POW, select-free ELU)
+    gru.ConvexUpsample        -> ConvexUpsample (one-hot conv instead of unfold, <= 4D)
+    LayerScale, mask's 0.25   -> folded into attn.proj / mlp.fc2 / the mask conv (then Identity)
+    pos-embed table           -> resized once (upstream's bicubic, +0.1) for the fixed grid
 
 The faithful modules that are already GPU-safe (convs, ConvGRU, clamps, the in-place-ReLU
 reproduction, align_corners resizes in the GRU) run unchanged.
