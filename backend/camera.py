@@ -83,9 +83,10 @@ def from_exif(exif: ExifCamera, width: int, height: int) -> ExifReading:
     frame = recorded_frame(exif, width, height)
     sensor = focal_plane_sensor(exif, frame)
     camera = f" ({exif.camera_name})" if exif.camera_name else ""
+    conflict = _scale_conflict(exif, sensor)
     readings = [_from_35mm(exif, frame, sensor, width, height, camera),
-                _from_focal_plane(exif, frame, sensor, width, height, camera),
-                _from_scale_factor(exif, frame, sensor, width, height, camera)]
+                _from_scale_factor(exif, frame, sensor, conflict, width, height, camera),
+                _from_focal_plane(exif, frame, sensor, conflict, width, height, camera)]
     choices = [r for r in readings if isinstance(r, IntrinsicsChoice)]
     rejected = tuple(r for r in readings if isinstance(r, str))
     for level in ("exif", "exif-uncertain"):
@@ -156,11 +157,9 @@ def _from_35mm(exif: ExifCamera, frame: Frame, sensor: Sensor | None, width: int
         if not CROP_FACTOR_RANGE[0] <= factor <= CROP_FACTOR_RANGE[1]:
             return (f"EXIF 35 mm-equivalent {exif.focal_35mm:g} mm is {factor:.2g}× the focal length "
                     f"{exif.focal_mm:g} mm, no real camera's crop factor")
-        if sensor is not None and sensor.problem is None:
-            implied = FULL_FRAME_DIAGONAL_MM / factor
-            if abs(sensor.diagonal_mm / implied - 1) > SCALE_AGREEMENT:
-                doubts.append(f"35 mm-equivalent implies a {implied:.1f} mm sensor diagonal but the focal-plane "
-                              f"tags a {sensor.diagonal_mm:.1f} mm one")
+        disagreement = _35mm_disagreement(exif, sensor)
+        if disagreement:
+            doubts.append(disagreement)
     if frame.kind == "cropped":
         focal = exif.focal_35mm * math.hypot(frame.width, frame.height) * frame.scale / FULL_FRAME_DIAGONAL_MM
         doubts.append(f"{frame.note}; the 35 mm-equivalent describes the original frame")
@@ -175,8 +174,8 @@ def _from_35mm(exif: ExifCamera, frame: Frame, sensor: Sensor | None, width: int
                    ", ".join(p for p in (frame.note, agreement) if p))
 
 
-def _from_focal_plane(exif: ExifCamera, frame: Frame, sensor: Sensor | None, width: int, height: int,
-                      camera: str) -> IntrinsicsChoice | str | None:
+def _from_focal_plane(exif: ExifCamera, frame: Frame, sensor: Sensor | None, conflict: str | None,
+                      width: int, height: int, camera: str) -> IntrinsicsChoice | str | None:
     if sensor is None or not exif.focal_mm:
         return None
     if sensor.problem:
@@ -196,12 +195,9 @@ def _from_focal_plane(exif: ExifCamera, frame: Frame, sensor: Sensor | None, wid
         doubts.append(frame.note)
     if exif.focal_plane_unit == 1:
         doubts.append("FocalPlaneResolutionUnit is 1 ('no unit'), read as inches as exiftool does")
-    independent = _independent_scale(exif, sensor)
-    if independent is not None:
-        implied = FULL_FRAME_DIAGONAL_MM * zoom / independent
-        if abs(sensor.diagonal_mm / implied - 1) > SCALE_AGREEMENT:
-            doubts.append(f"exiftool's scale factor implies a {implied:.1f} mm sensor diagonal, the focal-plane "
-                          f"tags a {sensor.diagonal_mm:.1f} mm one")
+    for disagreement in (conflict, _35mm_disagreement(exif, sensor)):
+        if disagreement:
+            doubts.append(disagreement)
     zoom_text = f" × digital zoom {zoom:g}" if zoom != 1 else ""
     rescaled = " (rescaled to this image size)" if frame.scale != 1.0 else ""
     source = (f"EXIF focal length {exif.focal_mm:g} mm{zoom_text} × focal-plane resolution ({sensor.text})"
@@ -210,8 +206,8 @@ def _from_focal_plane(exif: ExifCamera, frame: Frame, sensor: Sensor | None, wid
                    f"{frame.note}; {sensor.text} is a real camera's")
 
 
-def _from_scale_factor(exif: ExifCamera, frame: Frame, sensor: Sensor | None, width: int, height: int,
-                       camera: str) -> IntrinsicsChoice | str | None:
+def _from_scale_factor(exif: ExifCamera, frame: Frame, sensor: Sensor | None, conflict: str | None,
+                       width: int, height: int, camera: str) -> IntrinsicsChoice | str | None:
     if exif.focal_35mm or not exif.scale_35efl or not exif.focal_mm:
         return None
     if sensor is not None and _independent_scale(exif, sensor) is None:
@@ -220,7 +216,7 @@ def _from_scale_factor(exif: ExifCamera, frame: Frame, sensor: Sensor | None, wi
     factor = exif.scale_35efl / zoom
     if not CROP_FACTOR_RANGE[0] <= factor <= CROP_FACTOR_RANGE[1]:
         return f"exiftool's scale factor {exif.scale_35efl:.3g} is no real camera's crop factor"
-    doubts: list[str] = []
+    doubts = [conflict] if conflict else []
     f35 = exif.focal_mm * exif.scale_35efl
     if frame.kind == "cropped":
         focal = f35 * math.hypot(frame.width, frame.height) * frame.scale / FULL_FRAME_DIAGONAL_MM
@@ -234,6 +230,32 @@ def _from_scale_factor(exif: ExifCamera, frame: Frame, sensor: Sensor | None, wi
               f"{exif.scale_35efl:.3g} from maker notes{zoom_text}){camera} → {focal:.0f} px")
     return _choice(centered(focal, width, height), width, height, source, doubts,
                    f"{frame.note}; camera known to exiftool")
+
+
+def _35mm_disagreement(exif: ExifCamera, sensor: Sensor | None) -> str | None:
+    """Why the 35 mm-equivalent tag and plausible focal-plane tags disagree, if they do."""
+    if sensor is None or sensor.problem or not exif.focal_35mm or not exif.focal_mm:
+        return None
+    implied = FULL_FRAME_DIAGONAL_MM * exif.focal_mm / exif.focal_35mm
+    if abs(sensor.diagonal_mm / implied - 1) <= SCALE_AGREEMENT:
+        return None
+    return (f"the 35 mm-equivalent implies a {implied:.1f} mm sensor diagonal, the focal-plane tags "
+            f"a {sensor.diagonal_mm:.1f} mm one")
+
+
+def _scale_conflict(exif: ExifCamera, sensor: Sensor | None) -> str | None:
+    """Why exiftool's maker-note scale factor and plausible focal-plane tags disagree, if they do."""
+    if sensor is None or sensor.problem:
+        return None
+    independent = _independent_scale(exif, sensor)
+    if independent is None:
+        return None
+    zoom = exif.digital_zoom if exif.digital_zoom and exif.digital_zoom > 1 else 1.0
+    implied = FULL_FRAME_DIAGONAL_MM * zoom / independent
+    if abs(sensor.diagonal_mm / implied - 1) <= SCALE_AGREEMENT:
+        return None
+    return (f"exiftool's maker-note scale factor implies a {implied:.1f} mm sensor diagonal, the focal-plane "
+            f"tags over the EXIF image size a {sensor.diagonal_mm:.1f} mm one (image size rewritten after capture?)")
 
 
 def _independent_scale(exif: ExifCamera, sensor: Sensor) -> float | None:

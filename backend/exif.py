@@ -22,6 +22,7 @@ from PIL import Image
 from PIL.ExifTags import IFD, Base
 
 EXIFTOOL_TIMEOUT_S = 5.0
+CAMERA_FORMATS = ("JPEG", "MPO", "TIFF")  # what cameras write; screenshots and web images are PNG, WebP, GIF
 # Orientations 5-8 swap the image axes (transpose, rotate 90/270, transverse).
 AXIS_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 # FocalPlaneResolutionUnit (EXIF 2.32, tag 0xA210): mm per unit. 1 means "no unit"; exiftool
@@ -70,9 +71,11 @@ class ExifCamera:
 
 def read_exif(data: bytes, im: Image.Image) -> ExifCamera:
     """The photo's focal facts: Pillow's reading, completed by exiftool when the standard
-    tags lack the 35 mm-equivalent focal. Never raises: broken EXIF gives empty facts."""
+    tags lack the 35 mm-equivalent focal and the file may hold camera metadata (any EXIF, or
+    a JPEG/TIFF, where older cameras wrote e.g. Canon CIFF records instead). Never raises:
+    broken EXIF gives empty facts."""
     own, has_exif = read_with_pillow(im)
-    if not has_exif or own.focal_35mm:
+    if own.focal_35mm or not (has_exif or im.format in CAMERA_FORMATS):
         return own
     return complete_with_exiftool(own, data)
 
@@ -108,12 +111,13 @@ def read_with_pillow(im: Image.Image) -> tuple[ExifCamera, bool]:
 
 
 def complete_with_exiftool(own: ExifCamera, data: bytes) -> ExifCamera:
-    """`own` plus exiftool's ScaleFactor35efl (and its FocalLength where EXIF lacks one)."""
+    """`own` plus exiftool's ScaleFactor35efl (and its FocalLength, Make, Model where EXIF lacks them)."""
     found = run_exiftool(data)
     if isinstance(found, str):
         return replace(own, note=found)
     return replace(own, scale_35efl=_positive(found.get("ScaleFactor35efl")),
-                   focal_mm=own.focal_mm or _positive(found.get("FocalLength")))
+                   focal_mm=own.focal_mm or _positive(found.get("FocalLength")),
+                   make=own.make or _text(found.get("Make")), model=own.model or _text(found.get("Model")))
 
 
 @cache
@@ -127,7 +131,7 @@ def run_exiftool(data: bytes) -> dict | str:
     exe = exiftool_path()
     if exe is None:
         return NO_EXIFTOOL_NOTE
-    cmd = [exe, "-json", "-n", "-fast", "-FocalLength", "-ScaleFactor35efl", "-DigitalZoomRatio", "-"]
+    cmd = [exe, "-json", "-n", "-fast", "-Make", "-Model", "-FocalLength", "-ScaleFactor35efl", "-"]
     try:
         done = subprocess.run(cmd, input=data, capture_output=True, timeout=EXIFTOOL_TIMEOUT_S, check=False)
         return json.loads(done.stdout)[0]
