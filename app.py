@@ -254,7 +254,7 @@ def build_demo(backends: Backends, default_backend: str, store: OutputStore, cat
         with user_errors():
             loaded, _ = _load(image)
         return {"width": loaded.width, "height": loaded.height,
-                **suggest_intrinsics(loaded, None, catalog).as_dict()}
+                **suggest_intrinsics(loaded, image, catalog).as_dict()}
 
     with gr.Blocks(title="Metric3D v2 metric depth (LiteRT)", delete_cache=serving.cache_schedule(keep_results_s)) \
             as demo:

@@ -23,8 +23,8 @@ class Example:
     sidecar: IntrinsicsChoice | None
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _digest(source: Path | bytes) -> str:
+    return hashlib.sha256(source if isinstance(source, bytes) else source.read_bytes()).hexdigest()
 
 
 class ExampleCatalog:
@@ -35,20 +35,23 @@ class ExampleCatalog:
         self.examples = [Example(p, load_sidecar(p)) for p in paths]
         self._by_digest = {_digest(e.path): e for e in self.examples}
 
-    def sidecar_for(self, path: str | Path) -> IntrinsicsChoice | None:
+    def sidecar_for(self, source: str | Path | bytes) -> IntrinsicsChoice | None:
+        """The sidecar of the example whose content `source` (a path or the file's bytes) has."""
         try:
-            example = self._by_digest.get(_digest(Path(path)))
+            example = self._by_digest.get(_digest(source if isinstance(source, bytes) else Path(source)))
         except OSError:
             return None
         return example.sidecar if example else None
 
 
-def suggest_intrinsics(image: LoadedImage, path: str | Path | None, catalog: ExampleCatalog | None) -> IntrinsicsChoice:
+def suggest_intrinsics(image: LoadedImage, path: str | Path | bytes | None,
+                       catalog: ExampleCatalog | None) -> IntrinsicsChoice:
     """Example sidecar (calibrated), else consistent EXIF, else the assumed-FOV preset whose
-    reason says why EXIF was not used. `catalog` None: the sidecar `<stem>.json` next to `path`."""
+    reason says why EXIF was not used. `path`: the photo's file or bytes (examples are found by
+    content); `catalog` None: the sidecar `<stem>.json` next to the file `path`."""
     problems: list[str] = []
     try:
-        sidecar = None if path is None else catalog.sidecar_for(path) if catalog else load_sidecar(path)
+        sidecar = _sidecar(path, catalog)
         if sidecar is not None:
             return replace(sidecar, intrinsics=validate(sidecar.intrinsics, image.width, image.height))
     except IntrinsicsError as exc:  # e.g. a sidecar written for another resolution
@@ -58,3 +61,11 @@ def suggest_intrinsics(image: LoadedImage, path: str | Path | None, catalog: Exa
         return reading.choice
     problems.append(reading.fallback_reason())
     return replace(PRESETS[ASSUMED_FOV_PRESET](image.width, image.height), reason="; ".join(problems))
+
+
+def _sidecar(path: str | Path | bytes | None, catalog: ExampleCatalog | None) -> IntrinsicsChoice | None:
+    if path is None:
+        return None
+    if catalog is not None:
+        return catalog.sidecar_for(path)
+    return None if isinstance(path, bytes) else load_sidecar(path)

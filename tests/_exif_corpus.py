@@ -152,6 +152,7 @@ def _cases() -> list[Case]:
 
 
 CASES = _cases()
+BY_NAME = {case.name: case for case in CASES}
 
 
 if __name__ == "__main__":

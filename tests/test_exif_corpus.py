@@ -16,12 +16,11 @@ import pytest
 
 from backend.examples import suggest_intrinsics
 from backend.imageio import load_image
-from tests._exif_corpus import CASES, Case, write
+from tests._exif_corpus import BY_NAME, CASES, Case, write
 
 REPO = Path(__file__).resolve().parents[1]
 EXIFTOOL = shutil.which("exiftool")
 pytestmark = pytest.mark.skipif(EXIFTOOL is None, reason="needs exiftool (scripts/setup.sh installs it)")
-BY_NAME = {case.name: case for case in CASES}
 
 
 @pytest.fixture(scope="module")
