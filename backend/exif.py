@@ -11,10 +11,12 @@ image is decided by backend.camera, not here.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass, replace
 from functools import cache
 
@@ -22,6 +24,7 @@ from PIL import Image
 from PIL.ExifTags import IFD, Base
 
 EXIFTOOL_TIMEOUT_S = 5.0
+EXIFTOOL_CACHE = 32  # photos whose exiftool answer is kept (by sha256 of the file)
 CAMERA_FORMATS = ("JPEG", "MPO", "TIFF")  # what cameras write; screenshots and web images are PNG, WebP, GIF
 # Orientations 5-8 swap the image axes (transpose, rotate 90/270, transverse).
 AXIS_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
@@ -127,18 +130,37 @@ def exiftool_path() -> str | None:
 
 
 def run_exiftool(data: bytes) -> dict | str:
-    """exiftool's numeric (-n) focal tags for the file bytes, or a note saying why there are none."""
+    """exiftool's numeric (-n) focal tags for the file bytes, or a note saying why there are none.
+
+    One exiftool process per photo (~0.2 s, most of it Perl starting), so answers are kept for
+    the last EXIFTOOL_CACHE photos: the page reads a photo when it is uploaded and again when
+    depth is estimated."""
     exe = exiftool_path()
     if exe is None:
         return NO_EXIFTOOL_NOTE
+    key = hashlib.sha256(data).hexdigest()
+    with _recent_lock:
+        if key in _recent:
+            return _recent[key]
     cmd = [exe, "-json", "-n", "-fast", "-Make", "-Model", "-FocalLength", "-ScaleFactor35efl", "-"]
     try:
         done = subprocess.run(cmd, input=data, capture_output=True, timeout=EXIFTOOL_TIMEOUT_S, check=False)
-        return json.loads(done.stdout)[0]
+        found = json.loads(done.stdout)[0]
     except subprocess.TimeoutExpired:
         return f"exiftool took over {EXIFTOOL_TIMEOUT_S:g} s and was stopped, so maker notes are not read"
     except (OSError, ValueError, IndexError, KeyError) as exc:
         return f"exiftool could not read the file ({exc}), so maker notes are not read"
+    if not isinstance(found, dict):
+        return "exiftool gave no tags for the file, so maker notes are not read"
+    with _recent_lock:  # requests run in threads
+        _recent[key] = found
+        while len(_recent) > EXIFTOOL_CACHE:
+            del _recent[next(iter(_recent))]
+    return found
+
+
+_recent: dict[str, dict] = {}  # sha256 -> exiftool's answer, oldest first
+_recent_lock = threading.Lock()
 
 
 def _positive(value: object) -> float | None:
