@@ -93,12 +93,9 @@ def from_exif(exif: ExifCamera, width: int, height: int) -> ExifReading:
         for choice in choices:
             if choice.confidence == level:
                 return ExifReading(choice, rejected)
-    if not rejected and exif.focal_mm and exif.note:
+    if not rejected and exif.focal_mm:
         rejected = (f"EXIF focal length {exif.focal_mm:g} mm without a 35 mm-equivalent or sensor size; "
-                    f"{exif.note}",)
-    elif not rejected and exif.focal_mm:
-        rejected = (f"EXIF focal length {exif.focal_mm:g} mm without a 35 mm-equivalent or sensor size "
-                    "(not even in maker notes)",)
+                    f"{exif.note or 'exiftool found none in maker notes either'}",)
     return ExifReading(None, rejected)
 
 

@@ -54,7 +54,6 @@ class Intrinsics:
 # every consistency check), "exif-uncertain" (usable tags, but a check could not run or
 # failed), "assumed" (a preset or a guessed field of view).
 Confidence = Literal["calibrated", "exif", "exif-uncertain", "assumed"]
-CONFIDENCE_LEVELS: tuple[Confidence, ...] = ("calibrated", "exif", "exif-uncertain", "assumed")
 
 
 @dataclass(frozen=True)
@@ -209,7 +208,7 @@ def load_sidecar(image_path: str | os.PathLike) -> IntrinsicsChoice | None:
     if "width" in doc and "height" in doc:
         intr = validate(intr, int(doc["width"]), int(doc["height"]))
     source = str(doc.get("source") or f"Sidecar file {path.name}")
-    return IntrinsicsChoice(intr, source, "calibrated", f"calibration file {path.name} next to the photo")
+    return IntrinsicsChoice(intr, source, "calibrated", f"calibration file {path.name} for this photo")
 
 
 if __name__ == "__main__":  # python -m backend.intrinsics PHOTO [PHOTO ...]
