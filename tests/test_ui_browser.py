@@ -81,5 +81,7 @@ def test_uncertain_exif_is_labelled_next_to_the_source(app_url, tmp_path):
             expect(page.get_by_text("confidence: exif-uncertain")).to_be_visible(timeout=30_000)
             expect(page.get_by_text("cropped after capture")).to_be_visible()
             expect(page.get_by_text("EXIF 35 mm-equivalent focal 57 mm (Apple iPhone 6)")).to_be_visible()
+            page.get_by_role("button", name="Estimate depth").click()  # the info panel repeats the label
+            expect(page.get_by_text("confidence: exif-uncertain")).to_have_count(2, timeout=60_000)
         finally:
             browser.close()
