@@ -6,7 +6,7 @@ Three readings of the focal length in pixels, in order of preference:
 2. FocalLength x FocalPlaneX/YResolution: resolution is per pixel of the frame the camera
    recorded (ExifImageWidth/Height), so it is rescaled to this file's size.
 3. FocalLength x exiftool's ScaleFactor35efl, where exiftool knows the sensor from maker
-   notes (Olympus FocalPlaneDiagonal, Canon sensor sizes) and digital zoom.
+   notes (Olympus FocalPlaneDiagonal, Canon sensor sizes and Canon's digital zoom).
 Checks (each a kind of fault seen in real files, see tests/data/README.md):
 - the recorded frame (EXIF pixel size, upright) against this image: same aspect = resized
   (rescale), swapped aspect = pixels rotated by software while the tags stayed (use the
@@ -178,8 +178,7 @@ def _from_focal_plane(exif: ExifCamera, frame: Frame, sensor: Sensor | None, con
     if sensor.problem:
         return sensor.problem
     doubts: list[str] = []
-    zoom = exif.digital_zoom if exif.digital_zoom and exif.digital_zoom > 1 else 1.0
-    focal_mm = exif.focal_mm * zoom
+    focal_mm = exif.focal_mm
     if abs(sensor.pitch_x / sensor.pitch_y - 1) <= SQUARE_PIXEL_TOLERANCE:
         fx, fy = focal_mm / sensor.pitch_x * frame.scale, focal_mm / sensor.pitch_y * frame.scale
     else:  # the aspect-preserving reading: the sensor diagonal over the frame diagonal
@@ -195,9 +194,11 @@ def _from_focal_plane(exif: ExifCamera, frame: Frame, sensor: Sensor | None, con
     for disagreement in (conflict, _35mm_disagreement(exif, sensor)):
         if disagreement:
             doubts.append(disagreement)
-    zoom_text = f" × digital zoom {zoom:g}" if zoom != 1 else ""
+    if exif.digital_zoom and exif.digital_zoom > 1:
+        doubts.append(f"EXIF records a {exif.digital_zoom:g}× digital zoom; whether the focal-plane resolution "
+                      "includes it differs between cameras (exiftool applies only Canon's maker-note zoom)")
     rescaled = " (rescaled to this image size)" if frame.scale != 1.0 else ""
-    source = (f"EXIF focal length {exif.focal_mm:g} mm{zoom_text} × focal-plane resolution ({sensor.text})"
+    source = (f"EXIF focal length {exif.focal_mm:g} mm × focal-plane resolution ({sensor.text})"
               f"{camera}{rescaled} → {fx:.0f} px")
     return _choice(Intrinsics(fx, fy, (width - 1) / 2, (height - 1) / 2), width, height, source, doubts,
                    f"{frame.note}; {sensor.text} is a real camera's")
@@ -209,9 +210,7 @@ def _from_scale_factor(exif: ExifCamera, frame: Frame, sensor: Sensor | None, co
         return None
     if sensor is not None and _independent_scale(exif, sensor) is None:
         return None  # exiftool only repeated the focal-plane reading, judged above
-    zoom = exif.digital_zoom if exif.digital_zoom and exif.digital_zoom > 1 else 1.0
-    factor = exif.scale_35efl / zoom
-    if not CROP_FACTOR_RANGE[0] <= factor <= CROP_FACTOR_RANGE[1]:
+    if not CROP_FACTOR_RANGE[0] <= exif.scale_35efl <= CROP_FACTOR_RANGE[1]:
         return f"exiftool's scale factor {exif.scale_35efl:.3g} is no real camera's crop factor"
     doubts = [conflict] if conflict else []
     f35 = exif.focal_mm * exif.scale_35efl
@@ -222,9 +221,8 @@ def _from_scale_factor(exif: ExifCamera, frame: Frame, sensor: Sensor | None, co
         focal = f35 * math.hypot(width, height) / FULL_FRAME_DIAGONAL_MM
         if frame.kind == "unknown":
             doubts.append("EXIF image size missing: cannot tell whether the photo was cropped after capture")
-    zoom_text = f" and digital zoom {zoom:g}" if zoom != 1 else ""
     source = (f"exiftool 35 mm-equivalent {f35:.1f} mm (focal length {exif.focal_mm:g} mm × "
-              f"{exif.scale_35efl:.3g} from maker notes{zoom_text}){camera} → {focal:.0f} px")
+              f"{exif.scale_35efl:.3g} from maker notes){camera} → {focal:.0f} px")
     return _choice(centered(focal, width, height), width, height, source, doubts,
                    f"{frame.note}; camera known to exiftool")
 
@@ -247,8 +245,7 @@ def _scale_conflict(exif: ExifCamera, sensor: Sensor | None) -> str | None:
     independent = _independent_scale(exif, sensor)
     if independent is None:
         return None
-    zoom = exif.digital_zoom if exif.digital_zoom and exif.digital_zoom > 1 else 1.0
-    implied = FULL_FRAME_DIAGONAL_MM * zoom / independent
+    implied = FULL_FRAME_DIAGONAL_MM / independent
     if abs(sensor.diagonal_mm / implied - 1) <= SCALE_AGREEMENT:
         return None
     return (f"exiftool's maker-note scale factor implies a {implied:.1f} mm sensor diagonal, the focal-plane "
@@ -259,8 +256,7 @@ def _independent_scale(exif: ExifCamera, sensor: Sensor) -> float | None:
     """exiftool's scale factor when it does not merely repeat the focal-plane tags."""
     if not exif.scale_35efl or not sensor.diagonal_mm:
         return None
-    zoom = exif.digital_zoom if exif.digital_zoom and exif.digital_zoom > 1 else 1.0
-    from_tags = FULL_FRAME_DIAGONAL_MM * zoom / sensor.diagonal_mm
+    from_tags = FULL_FRAME_DIAGONAL_MM / sensor.diagonal_mm
     return None if abs(exif.scale_35efl / from_tags - 1) <= SAME_SCALE else exif.scale_35efl
 
 

@@ -2,12 +2,12 @@
 
 Two readers: Pillow for the standard EXIF tags (always available, cheap), and exiftool
 (Debian's libimage-exiftool-perl, run as `exiftool -json -n`) for what only camera-specific
-knowledge gives: focal data kept in maker notes (Olympus, older Canon, Sony) and digital zoom,
-both folded into exiftool's Composite:ScaleFactor35efl. exiftool is asked only when the
-standard tags lack the 35 mm-equivalent focal, runs once per photo with a timeout, and is
-optional: without it the standard tags are used and the facts carry a note saying that
-maker-note cameras fall back to the next source. Whether the facts are consistent with the
-image is decided by backend.camera, not here.
+knowledge gives: focal data kept in maker notes (Olympus, older Canon, Sony) and Canon's
+maker-note digital zoom, both folded into exiftool's Composite:ScaleFactor35efl. exiftool is
+asked only when the standard tags lack the 35 mm-equivalent focal, runs once per photo with a
+timeout, and is optional: without it the standard tags are used and the facts carry a note
+saying that maker-note cameras fall back to the next source. Whether the facts are consistent
+with the image is decided by backend.camera, not here.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class ExifCamera:
     pixel_x_dimension: int | None = None  # image width the camera recorded (upright)
     pixel_y_dimension: int | None = None
     digital_zoom: float | None = None  # DigitalZoomRatio (> 0; 1 or absent = none)
-    scale_35efl: float | None = None  # exiftool's Composite:ScaleFactor35efl (maker notes, digital zoom)
+    scale_35efl: float | None = None  # exiftool's Composite:ScaleFactor35efl (maker notes, Canon digital zoom)
     note: str | None = None  # what could not be read, e.g. exiftool missing
 
     @property

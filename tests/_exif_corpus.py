@@ -101,6 +101,9 @@ def _cases() -> list[Case]:
              {Base.FocalLength: 135.0, **_fp(*EOS40D_RES, 2, 3888, 2592)}),
         Case("compact_canon_s40_resized", "correct", (480, 360), "Canon", "Canon PowerShot S40",
              {Base.FocalLength: 21.3125, **_fp(S40_RES, S40_RES, 2, 2272, 1704)}),
+        Case("compact_canon_s40_digital_zoom_2x", "correct", (480, 360), "Canon", "Canon PowerShot S40",
+             {Base.FocalLength: 21.3125, Base.DigitalZoomRatio: 2.0, **_fp(S40_RES, S40_RES, 2, 2272, 1704)},
+             confidence="exif-uncertain"),
     ]
     for o in range(1, 9):
         cases.append(Case(f"phone_p6000_orientation{o}", "correct", (640, 480), "NIKON", "COOLPIX P6000",

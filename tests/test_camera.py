@@ -126,9 +126,12 @@ def test_fault_f_cropped_photo_uses_the_original_frame():
     assert frame.kind == "cropped" and frame.scale == pytest.approx(0.4)
 
 
-def test_digital_zoom_multiplies_the_focal_plane_reading():
+def test_digital_zoom_ratio_makes_the_focal_plane_reading_uncertain():
+    # Like exiftool, the EXIF DigitalZoomRatio is not applied (cameras differ on whether the
+    # focal-plane resolution already includes it), but the doubt is stated.
     choice = choose(4000, 3000, **COMPACT, digital_zoom=2.0).choice
-    assert choice.intrinsics.fx == pytest.approx(6000.0) and "digital zoom 2" in choice.source
+    assert choice.intrinsics.fx == pytest.approx(3000.0)
+    assert choice.confidence == "exif-uncertain" and "2× digital zoom" in choice.reason
 
 
 def test_impossible_crop_factor_is_rejected():
