@@ -157,13 +157,8 @@ def _from_35mm(exif: ExifCamera, frame: Frame, sensor: Sensor | None, width: int
         disagreement = _35mm_disagreement(exif, sensor)
         if disagreement:
             doubts.append(disagreement)
-    if frame.kind == "cropped":
-        focal = exif.focal_35mm * math.hypot(frame.width, frame.height) * frame.scale / FULL_FRAME_DIAGONAL_MM
-        doubts.append(f"{frame.note}; the 35 mm-equivalent describes the original frame")
-    else:
-        focal = exif.focal_35mm * math.hypot(width, height) / FULL_FRAME_DIAGONAL_MM
-        if frame.kind == "unknown":
-            doubts.append("EXIF image size missing: cannot tell whether the photo was cropped after capture")
+    focal, frame_doubts = _equivalent_focal_px(exif.focal_35mm, frame, width, height)
+    doubts += frame_doubts
     source = f"EXIF 35 mm-equivalent focal {exif.focal_35mm:g} mm{camera} → {focal:.0f} px"
     agreement = ("agrees with the focal-plane tags" if sensor is not None and sensor.problem is None
                  and exif.focal_mm and not doubts else "")
@@ -212,19 +207,27 @@ def _from_scale_factor(exif: ExifCamera, frame: Frame, sensor: Sensor | None, co
         return None  # exiftool only repeated the focal-plane reading, judged above
     if not CROP_FACTOR_RANGE[0] <= exif.scale_35efl <= CROP_FACTOR_RANGE[1]:
         return f"exiftool's scale factor {exif.scale_35efl:.3g} is no real camera's crop factor"
-    doubts = [conflict] if conflict else []
     f35 = exif.focal_mm * exif.scale_35efl
-    if frame.kind == "cropped":
-        focal = f35 * math.hypot(frame.width, frame.height) * frame.scale / FULL_FRAME_DIAGONAL_MM
-        doubts.append(f"{frame.note}; the 35 mm-equivalent describes the original frame")
-    else:
-        focal = f35 * math.hypot(width, height) / FULL_FRAME_DIAGONAL_MM
-        if frame.kind == "unknown":
-            doubts.append("EXIF image size missing: cannot tell whether the photo was cropped after capture")
+    focal, doubts = _equivalent_focal_px(f35, frame, width, height)
+    if conflict:
+        doubts.insert(0, conflict)
     source = (f"exiftool 35 mm-equivalent {f35:.1f} mm (focal length {exif.focal_mm:g} mm × "
               f"{exif.scale_35efl:.3g} from maker notes){camera} → {focal:.0f} px")
     return _choice(centered(focal, width, height), width, height, source, doubts,
                    f"{frame.note}; camera known to exiftool")
+
+
+def _equivalent_focal_px(f35: float, frame: Frame, width: int, height: int) -> tuple[float, list[str]]:
+    """A 35 mm-equivalent focal in pixels of this image, and the doubts the frame check leaves.
+
+    The 36 x 24 mm diagonal maps to the diagonal of the frame the camera recorded: this
+    image's own unless it was cropped, then the recorded frame's, at this image's scale."""
+    if frame.kind == "cropped":
+        return (f35 * math.hypot(frame.width, frame.height) * frame.scale / FULL_FRAME_DIAGONAL_MM,
+                [f"{frame.note}; the 35 mm-equivalent describes the original frame"])
+    doubts = (["EXIF image size missing: cannot tell whether the photo was cropped after capture"]
+              if frame.kind == "unknown" else [])
+    return f35 * math.hypot(width, height) / FULL_FRAME_DIAGONAL_MM, doubts
 
 
 def _35mm_disagreement(exif: ExifCamera, sensor: Sensor | None) -> str | None:
