@@ -64,6 +64,7 @@ class Sensor:
     diagonal_mm: float
     text: str  # e.g. "6.2 × 4.6 mm sensor"
     problem: str | None  # why it cannot be a real camera's sensor
+    zoom_included: bool = False  # only the digitally zoomed centre of a real sensor is plausible
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,11 @@ def focal_plane_sensor(exif: ExifCamera, frame: Frame) -> Sensor | None:
     text = f"{w:.1f} × {h:.1f} mm sensor"
     problem = None
     low, high = SENSOR_DIAGONAL_MM
+    zoom = exif.digital_zoom if exif.digital_zoom and exif.digital_zoom > 1 else 1.0
+    if not low <= diagonal <= high and low <= diagonal * zoom <= high:
+        # Some cameras (Canon) write the resolution of the digitally zoomed centre crop.
+        return Sensor(pitch_x, pitch_y, diagonal, f"{text} = the {zoom:g}× digital-zoom crop of a "
+                      f"{w * zoom:.1f} × {h * zoom:.1f} mm sensor", None, zoom_included=True)
     if not low <= diagonal <= high:
         unit = UNIT_NAMES.get(exif.focal_plane_unit or 2, "inch")
         problem = (f"EXIF focal-plane tags inconsistent with this image size: {x_res:g} px per {unit} over "
@@ -189,7 +195,10 @@ def _from_focal_plane(exif: ExifCamera, frame: Frame, sensor: Sensor | None, con
     for disagreement in (conflict, _35mm_disagreement(exif, sensor)):
         if disagreement:
             doubts.append(disagreement)
-    if exif.digital_zoom and exif.digital_zoom > 1:
+    if sensor.zoom_included:
+        doubts.append("the focal-plane resolution already includes the digital zoom: without it the tags "
+                      "imply no real sensor")
+    elif exif.digital_zoom and exif.digital_zoom > 1:
         doubts.append(f"EXIF records a {exif.digital_zoom:g}× digital zoom; whether the focal-plane resolution "
                       "includes it differs between cameras (exiftool applies only Canon's maker-note zoom)")
     rescaled = " (rescaled to this image size)" if frame.scale != 1.0 else ""

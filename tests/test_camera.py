@@ -143,3 +143,14 @@ def test_no_focal_data_gives_no_choice():
     assert choose(400, 300).choice is None
     assert choose(400, 300).fallback_reason() == "no focal length in the photo's EXIF"
     assert "without a 35 mm-equivalent or sensor size" in choose(400, 300, focal_mm=4.0).fallback_reason()
+
+
+def test_focal_plane_resolution_that_includes_the_digital_zoom():
+    # Canon writes the resolution of the digitally zoomed centre: a 5x zoom on COMPACT's 8 x 6 mm
+    # sensor gives 2500 px/mm over 4000 px, a 1.6 x 1.2 mm "sensor" (2 mm diagonal: no real sensor;
+    # 10 mm with the zoom).
+    facts = {**COMPACT, "focal_plane_x_res": 25000.0, "focal_plane_y_res": 25000.0, "digital_zoom": 5.0}
+    choice = choose(4000, 3000, **facts).choice
+    assert choice.intrinsics.fx == pytest.approx(6.0 * 2500)  # the tags as written, zoom included
+    assert choice.confidence == "exif-uncertain" and "already includes the digital zoom" in choice.reason
+    assert choose(4000, 3000, **{**facts, "digital_zoom": 1.0}).choice is None  # no zoom: no such sensor
