@@ -104,6 +104,10 @@ def _cases() -> list[Case]:
         Case("compact_canon_s40_digital_zoom_2x", "correct", (480, 360), "Canon", "Canon PowerShot S40",
              {Base.FocalLength: 21.3125, Base.DigitalZoomRatio: 2.0, **_fp(S40_RES, S40_RES, 2, 2272, 1704)},
              confidence="exif-uncertain"),
+        Case("compact_ixus_v2_zoom_in_resolution", "correct", (1600, 1200), "Canon", "Canon DIGITAL IXUS v2",
+             {Base.FocalLength: 10.8125, Base.DigitalZoomRatio: 2.5,
+              **_fp(Fraction(2000000, 103), Fraction(600000, 31), 2, 1600, 1200)},
+             confidence="exif-uncertain"),
     ]
     for o in range(1, 9):
         cases.append(Case(f"phone_p6000_orientation{o}", "correct", (640, 480), "NIKON", "COOLPIX P6000",
@@ -132,6 +136,10 @@ def _cases() -> list[Case]:
              {Base.FocalLength: 4.7, **_fp(40000, 40000, 3, 2304, 1728)}, confidence="assumed",
              truth_fx=4.7 * 2304 / 5.76, truth="4.7 mm x 2304 px / 5.76 mm (1/2.5\" sensor; 4000 px/cm written "
                                                 "by the same camera elsewhere, here 10x)"),
+        Case("C_finepix_a303_vga_with_full_size_resolution", "C", (640, 480), "FUJIFILM", "FinePix A303",
+             {Base.FocalLength: 5.7, **_fp(3884, 3884, 3, 640, 480)}, confidence="assumed",
+             truth_fx=5.7 * 640 / (2048 / 3884 * 10),
+             truth="5.7 mm x 640 px / (2048 px / 3884 px/cm = 5.27 mm sensor width)"),
         Case("D_olympus_c960_maker_note", "D", (640, 480), "OLYMPUS OPTICAL CO.,LTD", "C960Z,D460Z",
              {Base.FocalLength: 5.6, Base.ExifImageWidth: 1280, Base.ExifImageHeight: 960},
              olympus_focal_plane_diagonal_mm=6.64),
