@@ -31,10 +31,10 @@ from backend.engine import EngineError  # noqa: E402
 from backend.examples import ExampleCatalog, suggest_intrinsics  # noqa: E402
 from backend.geometry import MAX_METRIC_DEPTH, CloudFilter, GeometryError  # noqa: E402
 from backend.imageio import ImageError, load_image  # noqa: E402
-from backend.intrinsics import PRESETS, Intrinsics, IntrinsicsError  # noqa: E402
+from backend.intrinsics import BY_HAND, PRESETS, Intrinsics, IntrinsicsError  # noqa: E402
 from backend.model_files import ModelNotFound, resolve_model  # noqa: E402
 from backend.outputs import OutputStore  # noqa: E402
-from backend.panels import info_markdown, status_markdown  # noqa: E402
+from backend.panels import info_markdown, intrinsics_line, status_markdown  # noqa: E402
 from backend.pipeline import PipelineOptions, PipelineResult, measure, run, warm_up  # noqa: E402
 from device.adb import DEFAULT_ADB_PORT  # noqa: E402
 from device.backends import BACKEND_LABELS, BACKENDS, Backends, Pick, runner_files_in  # noqa: E402
@@ -181,8 +181,8 @@ def build_demo(backends: Backends, default_backend: str, store: OutputStore, cat
             image, _ = _load(path)
         choice = suggest_intrinsics(image, path, catalog)
         k = choice.intrinsics
-        return (round(k.fx, 3), round(k.fy, 3), round(k.cx, 3), round(k.cy, 3), _source_line(choice.source),
-                choice.source, FROM_PHOTO, (image.width, image.height))
+        return (round(k.fx, 3), round(k.fy, 3), round(k.cx, 3), round(k.cy, 3), intrinsics_line(choice.provenance()),
+                choice.provenance(), FROM_PHOTO, (image.width, image.height))
 
     def apply_preset(preset: str, path: str | None, size: tuple[int, int] | None):
         if preset == FROM_PHOTO:
@@ -191,11 +191,11 @@ def build_demo(backends: Backends, default_backend: str, store: OutputStore, cat
             raise gr.Error("Upload a photo first: presets depend on its size.")
         choice = PRESETS[preset](*size)
         k = choice.intrinsics
-        return (round(k.fx, 3), round(k.fy, 3), round(k.cx, 3), round(k.cy, 3), _source_line(choice.source),
-                choice.source, preset)
+        return (round(k.fx, 3), round(k.fy, 3), round(k.cx, 3), round(k.cy, 3), intrinsics_line(choice.provenance()),
+                choice.provenance(), preset)
 
     def edited_by_hand():
-        return _source_line("Entered by hand"), "Entered by hand"
+        return intrinsics_line(BY_HAND), BY_HAND
 
     def estimate(path, fx, fy, cx, cy, source, cmap, min_depth, max_depth, edge, voxel, choice,
                  progress=gr.Progress()):
@@ -209,7 +209,7 @@ def build_demo(backends: Backends, default_backend: str, store: OutputStore, cat
                 edge_threshold=float(edge), voxel_size=float(voxel)))
             intrinsics = _intrinsics(fx, fy, cx, cy)
             result, pick = backends.run(choice, lambda p: run(
-                image, intrinsics, p.engine, options, source=source or "Entered by hand", store=store,
+                image, intrinsics, p.engine, options, **(source or BY_HAND), store=store,
                 on_stage=lambda what, f: progress(f, desc=what)))
             result.timings_ms["decode"] = decode_ms
         info = with_backend(result.info(), choice, pick)
@@ -241,11 +241,20 @@ def build_demo(backends: Backends, default_backend: str, store: OutputStore, cat
         with user_errors():
             loaded, decode_ms = _load(image)
             intrinsics = _intrinsics(fx, fy, cx, cy)
-            result, pick = backends.run(choice, lambda p: run(loaded, intrinsics, p.engine, PipelineOptions(),
-                                                             source="API request", store=store))
+            result, pick = backends.run(choice, lambda p: run(
+                loaded, intrinsics, p.engine, PipelineOptions(), source="API request",
+                reason="fx, fy, cx, cy sent with the request", store=store))
             result.timings_ms["decode"] = decode_ms
         return result.colormap, str(result.files.ply), str(result.files.depth_npy), with_backend(
             result.info(), choice, pick)
+
+    def intrinsics_api(image) -> dict:
+        """API: photo -> the intrinsics the page suggests (pixels of the upright photo): width, height, fx, fy,
+        cx, cy, source, confidence (calibrated, exif, exif-uncertain or assumed) and reason."""
+        with user_errors():
+            loaded, _ = _load(image)
+        return {"width": loaded.width, "height": loaded.height,
+                **suggest_intrinsics(loaded, image, catalog).as_dict()}
 
     with gr.Blocks(title="Metric3D v2 metric depth (LiteRT)", delete_cache=serving.cache_schedule(keep_results_s)) \
             as demo:
@@ -328,16 +337,15 @@ def build_demo(backends: Backends, default_backend: str, store: OutputStore, cat
             api_npy = gr.File(label="depth (.npy, meters)")
             api_info = gr.JSON(label="info")
             api_status = gr.JSON(label="status")
+            api_intrinsics, api_intrinsics_trigger = gr.JSON(label="intrinsics"), gr.Button()
             api_trigger, api_status_trigger, api_look_trigger = gr.Button(), gr.Button(), gr.Button()
         api_trigger.click(predict, [api_image, api_fx, api_fy, api_cx, api_cy, api_backend],
                           [api_colormap, api_ply, api_npy, api_info], api_name="predict", **depth_pool)
+        api_intrinsics_trigger.click(intrinsics_api, [api_image], api_intrinsics, api_name="intrinsics",
+                                     concurrency_limit=light)
         api_status_trigger.click(status_api, None, api_status, api_name="status", concurrency_limit=light)
         api_look_trigger.click(look_for_phone_api, None, api_status, api_name="look_for_phone", **phone_pool)
     return demo
-
-
-def _source_line(source: str) -> str:
-    return f"*Intrinsics from:* {source}"
 
 
 def _measure_state(result: PipelineResult):

@@ -4,7 +4,7 @@ Everything a user may drop on the page goes through here, so every failure becom
 ImageError whose message says what was wrong and what to do. Decisions:
 - Orientation: the EXIF Orientation tag is applied first (ImageOps.exif_transpose), so the
   array, its width and height, and the EXIF focal-plane resolutions all describe the upright
-  image the user sees.
+  image the user sees. The focal facts are read by backend.exif.
 - Transparency (RGBA, LA, palette with transparency): composited on white. Dropping alpha
   would expose whatever colour the encoder left under transparent pixels (often black or
   noise), which the network would read as scene content.
@@ -19,7 +19,6 @@ ImageError whose message says what was wrong and what to do. Decisions:
 from __future__ import annotations
 
 import io
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -27,27 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from backend.exif import ExifCamera, read_exif
+
 MIN_SIDE = 16
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 # Pillow's JPEG opener also handles the multi-picture JPEGs many phones write (format "MPO").
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 
-_EXIF_IFD = 0x8769
-_TAG_MAKE = 0x010F
-_TAG_MODEL = 0x0110
-_TAG_ORIENTATION = 0x0112
-_TAG_FOCAL_LENGTH = 0x920A
-_TAG_FOCAL_35MM = 0xA405
-_TAG_FOCAL_PLANE_X_RES = 0xA20E
-_TAG_FOCAL_PLANE_Y_RES = 0xA20F
-_TAG_FOCAL_PLANE_UNIT = 0xA210
-_TAG_PIXEL_X_DIMENSION = 0xA002
-_TAG_PIXEL_Y_DIMENSION = 0xA003
-# FocalPlaneResolutionUnit values (EXIF 2.3; 1 = no unit, 2 = inch is the default).
-_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}
-# Orientations 5-8 swap the image axes (transpose, rotate 90/270, transverse).
-_AXIS_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 # Magic numbers of the accepted formats: a file that starts with one but cannot be opened is
 # a cut-short copy of a real image, which deserves a different hint than "not an image".
 _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
@@ -56,34 +42,6 @@ _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8
 
 class ImageError(ValueError):
     """The upload cannot be used; the message is written for the person who sent it."""
-
-
-@dataclass(frozen=True)
-class ExifCamera:
-    """EXIF facts needed to turn a focal length into pixels.
-
-    Focal-plane resolutions and pixel dimensions are given in the orientation of the
-    upright image (swapped when the Orientation tag rotates by 90 degrees), so they can be
-    used with the width and height of LoadedImage.rgb directly.
-    """
-
-    focal_35mm: float | None = None
-    focal_mm: float | None = None
-    focal_plane_x_res: float | None = None  # pixels per unit along the upright image's x
-    focal_plane_y_res: float | None = None
-    focal_plane_unit_mm: float | None = None  # length of one resolution unit in mm
-    make: str | None = None
-    model: str | None = None
-    pixel_x_dimension: int | None = None  # image width the camera recorded (upright)
-    pixel_y_dimension: int | None = None
-
-    @property
-    def camera_name(self) -> str | None:
-        """'Make Model' without repeating the make when the model already starts with it."""
-        if self.make and self.model and self.model.lower().startswith(self.make.lower()):
-            return self.model
-        parts = [p for p in (self.make, self.model) if p]
-        return " ".join(parts) or None
 
 
 @dataclass(frozen=True)
@@ -124,7 +82,7 @@ def load_image(
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"The image file is damaged or incomplete: its header cannot be read ({exc}).") from exc
         with im:
-            return _decode(im, max_pixels)
+            return _decode(im, data, max_pixels)
 
 
 def _read_source(source: bytes | str | os.PathLike, max_bytes: int) -> bytes:
@@ -175,7 +133,7 @@ def _signature_format(head: bytes) -> str | None:
     return next((fmt for signature, fmt in _SIGNATURES if head.startswith(signature)), None)
 
 
-def _decode(im: Image.Image, max_pixels: int) -> LoadedImage:
+def _decode(im: Image.Image, data: bytes, max_pixels: int) -> LoadedImage:
     width, height = im.size
     if width * height > max_pixels:
         raise ImageError(
@@ -185,7 +143,7 @@ def _decode(im: Image.Image, max_pixels: int) -> LoadedImage:
         raise ImageError(
             f"The image is only {width} x {height} pixels; each side needs at least {MIN_SIDE} pixels.")
     fmt = im.format or "unknown"
-    exif = _exif_camera(im)
+    exif = read_exif(data, im)
     try:
         im.seek(0)
         im.load()
@@ -236,59 +194,3 @@ def _high_depth_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
             scaled = (v - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(v)
         scaled = np.where(np.isfinite(scaled), scaled, 0.0)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-def _exif_camera(im: Image.Image) -> ExifCamera:
-    try:
-        base = im.getexif()
-        ifd = base.get_ifd(_EXIF_IFD)
-    except Exception:  # noqa: BLE001 - broken EXIF must never stop a photo from loading
-        return ExifCamera()
-    x_res = _positive(ifd.get(_TAG_FOCAL_PLANE_X_RES))
-    y_res = _positive(ifd.get(_TAG_FOCAL_PLANE_Y_RES))
-    px_x = _positive_int(ifd.get(_TAG_PIXEL_X_DIMENSION))
-    px_y = _positive_int(ifd.get(_TAG_PIXEL_Y_DIMENSION))
-    if _positive_int(base.get(_TAG_ORIENTATION)) in _AXIS_SWAPPING_ORIENTATIONS:
-        x_res, y_res = y_res, x_res
-        px_x, px_y = px_y, px_x
-    unit_mm = None
-    if x_res is not None or y_res is not None:
-        unit = _positive_int(ifd.get(_TAG_FOCAL_PLANE_UNIT))
-        unit_mm = _UNIT_MM.get(2 if unit is None else unit)
-    return ExifCamera(
-        focal_35mm=_positive(ifd.get(_TAG_FOCAL_35MM)),
-        focal_mm=_positive(ifd.get(_TAG_FOCAL_LENGTH)),
-        focal_plane_x_res=x_res,
-        focal_plane_y_res=y_res,
-        focal_plane_unit_mm=unit_mm,
-        make=_text(base.get(_TAG_MAKE)),
-        model=_text(base.get(_TAG_MODEL)),
-        pixel_x_dimension=px_x,
-        pixel_y_dimension=px_y,
-    )
-
-
-def _positive(value: object) -> float | None:
-    """EXIF rationals may be 0/0 or garbage; only finite positive numbers count."""
-    if isinstance(value, tuple) and len(value) == 2:
-        num, den = value
-        value = num / den if den else None
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
-    return number if math.isfinite(number) and number > 0 else None
-
-
-def _positive_int(value: object) -> int | None:
-    number = _positive(value)
-    return int(round(number)) if number is not None else None
-
-
-def _text(value: object) -> str | None:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if not isinstance(value, str):
-        return None
-    cleaned = value.replace("\x00", "").strip()
-    return cleaned or None

@@ -8,6 +8,8 @@ which is what the presets and EXIF use for the principal point (half a pixel fro
 popular W / 2; it makes the network-resolution principal point land exactly on the
 centre of the network image).
 
+Where the focal length comes from EXIF, backend.camera checks the tags first.
+
 The network sees a centre square crop of side s = min(W, H), resized to `size`. The resize
 (backend.preprocess.crop_and_resize, Pillow) maps pixel centres onto pixel centres:
 src = x0 + (dst + 0.5) * s / size - 0.5. Hence at network resolution
@@ -21,8 +23,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from backend.imageio import ExifCamera
+from typing import Literal
 
 FULL_FRAME_DIAGONAL_MM = 43.27  # diagonal of a 36 x 24 mm frame: what "35 mm-equivalent" refers to
 MIN_FOCAL_PER_DIAGONAL = 0.05  # diagonal field of view ~169 degrees
@@ -30,6 +31,7 @@ MAX_FOCAL_PER_DIAGONAL = 100.0  # diagonal field of view ~0.6 degrees
 PIXEL_8A_FOCAL_35MM = 26.0
 ASSUMED_HFOV_DEG = 60.0
 
+BY_HAND = {"source": "Entered by hand", "confidence": "calibrated", "reason": "typed in by the user"}
 PIXEL_8A_PRESET = "Pixel 8a main camera"
 ASSUMED_FOV_PRESET = f"Unknown camera (assumed {ASSUMED_HFOV_DEG:g}° horizontal FOV)"
 
@@ -48,12 +50,31 @@ class Intrinsics:
     cy: float
 
 
+# How sure a choice is: "calibrated" (sidecar file or the user), "exif" (tags that passed
+# every consistency check), "exif-uncertain" (usable tags, but a check could not run or
+# failed), "assumed" (a preset or a guessed field of view).
+Confidence = Literal["calibrated", "exif", "exif-uncertain", "assumed"]
+
+
 @dataclass(frozen=True)
 class IntrinsicsChoice:
-    """Intrinsics plus the human-readable reason they were chosen (shown in the UI)."""
+    """Intrinsics plus where they came from, how sure that is, and why (shown in the UI,
+    returned by the API and by `python -m backend.intrinsics`)."""
 
     intrinsics: Intrinsics
-    source: str
+    source: str  # what the numbers come from, e.g. "EXIF 35 mm-equivalent focal 26 mm → 3069 px"
+    confidence: Confidence
+    reason: str  # one line: why this confidence (the check that passed, failed or could not run)
+
+    def provenance(self) -> dict[str, str]:
+        """source, confidence and reason as a JSON-ready dict."""
+        return {"source": self.source, "confidence": self.confidence, "reason": self.reason}
+
+    def as_dict(self) -> dict[str, float | str]:
+        """fx, fy, cx, cy (pixels of the upright photo) and the provenance, JSON-ready."""
+        k = self.intrinsics
+        return {"fx": round(k.fx, 3), "fy": round(k.fy, 3), "cx": round(k.cx, 3), "cy": round(k.cy, 3),
+                **self.provenance()}
 
 
 @dataclass(frozen=True)
@@ -130,54 +151,20 @@ def from_fov(width: int, height: int, hfov_deg: float) -> Intrinsics:
     return centered(focal, width, height)
 
 
-def from_exif(exif: ExifCamera, width: int, height: int) -> IntrinsicsChoice | None:
-    """Intrinsics from EXIF for the upright width x height image, or None if EXIF lacks them.
-
-    Preference: FocalLengthIn35mmFilm (what phones write, robust to downscaling), then
-    FocalLength x focal-plane resolution. The focal-plane resolution is defined for the
-    image as the camera wrote it (PixelX/YDimension); if the file has since been resized,
-    the resolution is scaled by width / PixelXDimension so the focal stays right.
-    """
-    camera = f" ({exif.camera_name})" if exif.camera_name else ""
-    if exif.focal_35mm:
-        focal = focal_from_35mm(exif.focal_35mm, width, height)
-        return _checked(
-            centered(focal, width, height), width, height,
-            f"EXIF 35 mm-equivalent focal {exif.focal_35mm:g} mm{camera} → {focal:.0f} px")
-    if exif.focal_mm and exif.focal_plane_unit_mm and (exif.focal_plane_x_res or exif.focal_plane_y_res):
-        x_res = exif.focal_plane_x_res or exif.focal_plane_y_res
-        y_res = exif.focal_plane_y_res or exif.focal_plane_x_res
-        sx = width / exif.pixel_x_dimension if exif.pixel_x_dimension else 1.0
-        sy = height / exif.pixel_y_dimension if exif.pixel_y_dimension else 1.0
-        fx = exif.focal_mm * x_res / exif.focal_plane_unit_mm * sx
-        fy = exif.focal_mm * y_res / exif.focal_plane_unit_mm * sy
-        resized = " (rescaled to this image size)" if (sx != 1.0 or sy != 1.0) else ""
-        return _checked(
-            Intrinsics(fx, fy, (width - 1) / 2, (height - 1) / 2), width, height,
-            f"EXIF focal length {exif.focal_mm:g} mm × sensor resolution{camera}{resized} → {fx:.0f} px")
-    return None
-
-
-def _checked(intr: Intrinsics, width: int, height: int, source: str) -> IntrinsicsChoice | None:
-    """EXIF from odd software can be nonsense; treat implausible values as absent."""
-    try:
-        return IntrinsicsChoice(validate(intr, width, height), source)
-    except IntrinsicsError:
-        return None
-
-
 def _pixel_8a(width: int, height: int) -> IntrinsicsChoice:
     focal = focal_from_35mm(PIXEL_8A_FOCAL_35MM, width, height)
     return IntrinsicsChoice(
         centered(focal, width, height),
-        f"Preset: Pixel 8a main camera, {PIXEL_8A_FOCAL_35MM:g} mm 35 mm-equivalent → {focal:.0f} px")
+        f"Preset: Pixel 8a main camera, {PIXEL_8A_FOCAL_35MM:g} mm 35 mm-equivalent → {focal:.0f} px",
+        "assumed", "preset chosen by the user: right only for photos from the Pixel 8a main camera, uncropped")
 
 
 def _assumed_fov(width: int, height: int) -> IntrinsicsChoice:
     intr = from_fov(width, height, ASSUMED_HFOV_DEG)
     return IntrinsicsChoice(
         intr, f"Assumed {ASSUMED_HFOV_DEG:g}° horizontal field of view → {intr.fx:.0f} px "
-              "(camera unknown: metric scale is a guess)")
+              "(camera unknown: metric scale is a guess)",
+        "assumed", "no usable focal length in the photo: a typical phone field of view is assumed")
 
 
 PRESETS: dict[str, Callable[[int, int], IntrinsicsChoice]] = {
@@ -221,4 +208,10 @@ def load_sidecar(image_path: str | os.PathLike) -> IntrinsicsChoice | None:
     if "width" in doc and "height" in doc:
         intr = validate(intr, int(doc["width"]), int(doc["height"]))
     source = str(doc.get("source") or f"Sidecar file {path.name}")
-    return IntrinsicsChoice(intr, source)
+    return IntrinsicsChoice(intr, source, "calibrated", f"calibration file {path.name} for this photo")
+
+
+if __name__ == "__main__":  # python -m backend.intrinsics PHOTO [PHOTO ...]
+    from backend.intrinsics_cli import main
+
+    raise SystemExit(main())

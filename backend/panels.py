@@ -13,6 +13,12 @@ def _fmt(value: float | None, unit: str = "", digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}{unit}"
 
 
+def intrinsics_line(provenance: dict) -> str:
+    """Where the intrinsics come from, how sure that is and why (IntrinsicsChoice.provenance())."""
+    return (f"*Intrinsics from:* {provenance['source']} · **confidence: {provenance['confidence']}** — "
+            f"{provenance['reason']}")
+
+
 def timing_line(split: dict[str, float], on_device: bool) -> str:
     """Where the time went, in the order it was spent."""
     parts = [f"host pre-processing {split['host_preprocess']:.1f} ms"]
@@ -38,7 +44,7 @@ def info_markdown(info: dict) -> str:
         f"**Model:** {model['name']} · `{model['file']}` · {model['precision']} · "
         f"sha256 `{model['sha256'][:12]}…`",
         f"**Model origin:** {kind}",
-        f"**Intrinsics source:** {intr['source']}",
+        f"**Intrinsics source:** {intr['source']} · **confidence: {intr['confidence']}** — {intr['reason']}",
         f"| | fx | fy | cx | cy |\n|---|---|---|---|---|\n"
         f"| photo ({info['image']['width']}×{info['image']['height']}) | {i['fx']:.1f} | {i['fy']:.1f} | "
         f"{i['cx']:.1f} | {i['cy']:.1f} |\n"

@@ -17,7 +17,7 @@ from backend.colormap import colorize, robust_range, with_colorbar
 from backend.engine import Engine, EngineError, EngineInfo
 from backend.geometry import CloudFilter, depth_stats, distance_3d, metric_depth, point_cloud
 from backend.imageio import ExifCamera, LoadedImage
-from backend.intrinsics import CropResize, Intrinsics, crop_resize_for, map_to_network, validate
+from backend.intrinsics import Confidence, CropResize, Intrinsics, crop_resize_for, map_to_network, validate
 from backend.outputs import OutputFiles, OutputStore, write_cloud, write_depth
 from backend.preprocess import crop_and_resize
 
@@ -47,6 +47,8 @@ class PipelineResult:
     intrinsics: Intrinsics  # of the uploaded (upright) image
     network_intrinsics: Intrinsics  # of the S x S network image
     intrinsics_source: str
+    intrinsics_confidence: Confidence
+    intrinsics_reason: str
     crop: CropResize
     image_size: tuple[int, int]  # (width, height) of the upright upload
     stats: dict[str, float]
@@ -69,7 +71,8 @@ class PipelineResult:
             "image": {"width": self.image_size[0], "height": self.image_size[1],
                       "crop": {"x0": self.crop.x0, "y0": self.crop.y0, "side": self.crop.side},
                       "network_size": self.crop.size},
-            "intrinsics": {"source": self.intrinsics_source, "image": _intr_dict(self.intrinsics),
+            "intrinsics": {"source": self.intrinsics_source, "confidence": self.intrinsics_confidence,
+                           "reason": self.intrinsics_reason, "image": _intr_dict(self.intrinsics),
                            "network": _intr_dict(self.network_intrinsics)},
             "depth_m": {k: _finite_or_none(v) for k, v in self.stats.items()},
             "color_range_m": list(self.color_range),
@@ -99,7 +102,8 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def run(image: LoadedImage, intrinsics: Intrinsics, engine: Engine, options: PipelineOptions = PipelineOptions(),
-        *, source: str = "entered by hand", store: OutputStore | None = None,
+        *, source: str = "entered by hand", confidence: Confidence = "calibrated",
+        reason: str = "entered by the user", store: OutputStore | None = None,
         on_stage: StageCallback | None = None) -> PipelineResult:
     """Run one photo through the network and derive everything the UI and the API return.
 
@@ -161,7 +165,8 @@ def run(image: LoadedImage, intrinsics: Intrinsics, engine: Engine, options: Pip
         depth=depth, network_rgb=network_rgb, colored=colored, colormap=colormap,
         color_range=(float(vmin), float(vmax)), points=int(len(xyz)),
         cloud_center_distance=_bbox_center_distance(xyz), files=files,
-        intrinsics=intrinsics, network_intrinsics=net_intr, intrinsics_source=source, crop=crop,
+        intrinsics=intrinsics, network_intrinsics=net_intr, intrinsics_source=source,
+        intrinsics_confidence=confidence, intrinsics_reason=reason, crop=crop,
         image_size=(width, height), stats=stats, timings_ms=timings, engine=engine.info(),
     )
 

@@ -11,6 +11,8 @@ dev=0
 apt_packages=()
 # open3d loads libusb at import time; a bare Debian/Ubuntu machine lacks it.
 ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || apt_packages+=(libusb-1.0-0)
+# exiftool reads maker-note focal data (Olympus, older Canon, Sony); the app works without it.
+command -v exiftool >/dev/null || apt_packages+=(libimage-exiftool-perl)
 if [ "$dev" = 1 ]; then
   command -v chromium >/dev/null || apt_packages+=(chromium)   # browser tests (Playwright drives it)
   command -v gcc >/dev/null || apt_packages+=(gcc libc6-dev)   # host build of the device runner

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
+from PIL.ExifTags import Base
 
 Probe = tuple[int, int, tuple[int, int, int]]  # (x, y, expected RGB) in the upright image
 
@@ -143,7 +144,7 @@ def iso_bmff(brand: bytes) -> bytes:
 
 def exif_rotated_jpeg(orientation: int) -> bytes:
     exif = Image.Exif()
-    exif[0x0112] = orientation
+    exif[Base.Orientation] = orientation
     return encode(Image.fromarray(quadrants(64, 48)), "JPEG", quality=95, exif=exif.tobytes())
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from backend.ply import read_ply
 from tests._app_helpers import REPO, running_app
+from tests._exif_corpus import BY_NAME, write
 
 MOTORCYCLE = REPO / "examples" / "motorcycle.png"
 
@@ -49,6 +50,7 @@ def test_predict_returns_files_that_parse(client):
     assert np.isclose(xyz[:, 2].max(), depth.max(), rtol=1e-5)
 
     assert info["intrinsics"]["image"]["fx"] == pytest.approx(intr["fx"], abs=1e-3)
+    assert info["intrinsics"]["confidence"] == "calibrated" and "request" in info["intrinsics"]["reason"]
     side = min(741, 500)
     assert info["intrinsics"]["network"]["fx"] == pytest.approx(intr["fx"] * 448 / side, rel=1e-4)
     assert info["engine"] == "Host LiteRT" and info["model"]["published"] is False
@@ -68,3 +70,15 @@ def test_bad_upload_is_explained_then_the_app_still_works(client, tmp_path):
 
     _, _, npy_path, _ = _predict(client, MOTORCYCLE, _motorcycle_intrinsics())
     assert np.load(npy_path).shape == (448, 448)
+
+
+def test_intrinsics_api_returns_the_suggestion_with_its_confidence(client, tmp_path):
+    calibrated = client.predict(handle_file(str(MOTORCYCLE)), api_name="/intrinsics")
+    doc = json.loads(MOTORCYCLE.with_suffix(".json").read_text())
+    assert calibrated["confidence"] == "calibrated"  # the example, recognised by content
+    assert (calibrated["width"], calibrated["height"], calibrated["fx"]) == (741, 500, pytest.approx(doc["fx"]))
+    cropped = write(BY_NAME["F_iphone6_cropped_16x9"], tmp_path)
+    doc = client.predict(handle_file(str(cropped)), api_name="/intrinsics")
+    assert doc["confidence"] == "exif-uncertain" and "cropped" in doc["reason"]
+    assert doc["fx"] == pytest.approx(BY_NAME["F_iphone6_cropped_16x9"].truth_fx, rel=0.02)
+    assert set(doc) == {"width", "height", "fx", "fy", "cx", "cy", "source", "confidence", "reason"}

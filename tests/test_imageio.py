@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import io
+import math
 import struct
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.ExifTags import IFD, Base
 from PIL.TiffImagePlugin import IFDRational
 
+from backend.camera import from_exif
+from backend.exif import exiftool_path
 from backend.imageio import ExifCamera, ImageError, LoadedImage, load_image
-from backend.intrinsics import from_exif
 
 RNG = np.random.default_rng(7)
 PATTERN = RNG.integers(0, 256, (30, 40, 3), dtype=np.uint8)
@@ -25,14 +28,15 @@ def encode(image: Image.Image, fmt: str, **params) -> bytes:
 
 def exif_block(orientation: int | None = None, **tags) -> Image.Exif:
     """EXIF with an Exif sub-IFD; tags given by name below."""
-    names = {"focal_35mm": 0xA405, "focal_mm": 0x920A, "x_res": 0xA20E, "y_res": 0xA20F, "unit": 0xA210,
-             "px_x": 0xA002, "px_y": 0xA003}
+    names = {"focal_35mm": Base.FocalLengthIn35mmFilm, "focal_mm": Base.FocalLength,
+             "x_res": Base.FocalPlaneXResolution, "y_res": Base.FocalPlaneYResolution,
+             "unit": Base.FocalPlaneResolutionUnit, "px_x": Base.ExifImageWidth, "px_y": Base.ExifImageHeight}
     exif = Image.Exif()
     if orientation is not None:
-        exif[0x0112] = orientation
-    exif[0x010F] = "Google"
-    exif[0x0110] = "Pixel 8a"
-    sub = exif.get_ifd(0x8769)
+        exif[Base.Orientation] = orientation
+    exif[Base.Make] = "Google"
+    exif[Base.Model] = "Pixel 8a"
+    sub = exif.get_ifd(IFD.Exif)
     for name, value in tags.items():
         sub[names[name]] = IFDRational(value) if isinstance(value, float) else value
     return exif
@@ -173,42 +177,46 @@ def test_exif_35mm_tag_from_a_jpeg():
     loaded = load_image(data)
     assert loaded.exif.focal_35mm == 26.0
     assert loaded.exif.make == "Google" and loaded.exif.model == "Pixel 8a"
-    choice = from_exif(loaded.exif, loaded.width, loaded.height)
+    choice = from_exif(loaded.exif, loaded.width, loaded.height).choice
     assert choice.intrinsics.fx == pytest.approx(26 * 50 / 43.27)  # 40 x 30 -> 50 px diagonal
     assert "Google Pixel 8a" in choice.source
 
 
 def test_exif_focal_length_with_focal_plane_resolution():
     data = encode(Image.new("RGB", (400, 300)), "JPEG",
-                  exif=exif_block(focal_mm=4.0, x_res=2500.0, y_res=2000.0, unit=3))
+                  exif=exif_block(focal_mm=4.0, x_res=250.0, y_res=250.0, unit=3, px_x=400, px_y=300))
     loaded = load_image(data)
-    assert loaded.exif == ExifCamera(focal_mm=4.0, focal_plane_x_res=2500.0, focal_plane_y_res=2000.0,
-                                     focal_plane_unit_mm=10.0, make="Google", model="Pixel 8a")
-    intr = from_exif(loaded.exif, loaded.width, loaded.height).intrinsics
-    assert (intr.fx, intr.fy) == pytest.approx((1000.0, 800.0))  # 4 mm x 250 / 200 px per mm
+    assert loaded.exif == ExifCamera(focal_mm=4.0, focal_plane_x_res=250.0, focal_plane_y_res=250.0,
+                                     focal_plane_unit=3, make="Google", model="Pixel 8a",
+                                     pixel_x_dimension=400, pixel_y_dimension=300,
+                                     scale_35efl=loaded.exif.scale_35efl, note=loaded.exif.note)
+    if exiftool_path():  # exiftool's scale factor from the same tags: 36 x 24 mm over a 16 x 12 mm sensor
+        assert loaded.exif.scale_35efl == pytest.approx(math.hypot(36, 24) / 20.0) and loaded.exif.note is None
+    else:
+        assert loaded.exif.scale_35efl is None and "exiftool is not installed" in loaded.exif.note
+    assert loaded.exif.focal_plane_unit_mm == 10.0
+    intr = from_exif(loaded.exif, loaded.width, loaded.height).choice.intrinsics
+    assert (intr.fx, intr.fy) == pytest.approx((100.0, 100.0))  # 4 mm x 25 px per mm (a 16 x 12 mm sensor)
 
 
 def test_focal_plane_resolution_defaults_to_inches():
-    data = encode(Image.new("RGB", (400, 300)), "JPEG", exif=exif_block(focal_mm=4.0, x_res=6350.0))
+    data = encode(Image.new("RGB", (400, 300)), "JPEG", exif=exif_block(focal_mm=4.0, x_res=1270.0))
     loaded = load_image(data)
-    assert loaded.exif.focal_plane_unit_mm == 25.4
-    assert from_exif(loaded.exif, 400, 300).intrinsics.fx == pytest.approx(1000.0)
+    assert loaded.exif.focal_plane_unit is None and loaded.exif.focal_plane_unit_mm == 25.4
+    assert from_exif(loaded.exif, 400, 300).choice.intrinsics.fx == pytest.approx(200.0)  # 4 mm x 50 px/mm
 
 
 def test_rotated_photo_swaps_width_height_and_focal_plane_axes():
     data = encode(Image.new("RGB", (400, 300)), "JPEG",
-                  exif=exif_block(orientation=6, focal_35mm=26, focal_mm=4.0, x_res=250.0, y_res=200.0, unit=4,
+                  exif=exif_block(orientation=6, focal_35mm=26, focal_mm=4.0, x_res=50.0, y_res=40.0, unit=4,
                                   px_x=400, px_y=300))
     loaded = load_image(data)
     assert (loaded.width, loaded.height) == (300, 400)
-    assert (loaded.exif.focal_plane_x_res, loaded.exif.focal_plane_y_res) == (200.0, 250.0)
+    assert (loaded.exif.focal_plane_x_res, loaded.exif.focal_plane_y_res) == (40.0, 50.0)
     assert (loaded.exif.pixel_x_dimension, loaded.exif.pixel_y_dimension) == (300, 400)
-    choice = from_exif(loaded.exif, loaded.width, loaded.height)
+    choice = from_exif(loaded.exif, loaded.width, loaded.height).choice
     assert choice.intrinsics.fx == pytest.approx(26 * 500 / 43.27)
     assert (choice.intrinsics.cx, choice.intrinsics.cy) == (149.5, 199.5)
-    plane_only = ExifCamera(**{**loaded.exif.__dict__, "focal_35mm": None})
-    intr = from_exif(plane_only, loaded.width, loaded.height).intrinsics
-    assert (intr.fx, intr.fy) == pytest.approx((800.0, 1000.0))
 
 
 def test_exif_in_png_and_webp_is_read():
@@ -222,7 +230,7 @@ def test_zero_and_garbage_exif_values_are_ignored():
                   exif=exif_block(focal_35mm=0, focal_mm=IFDRational(0, 0), x_res=IFDRational(5, 0)))
     exif = load_image(data).exif
     assert exif.focal_35mm is None and exif.focal_mm is None and exif.focal_plane_x_res is None
-    assert from_exif(exif, 40, 30) is None
+    assert from_exif(exif, 40, 30).choice is None
 
 
 def test_no_exif_gives_empty_camera():

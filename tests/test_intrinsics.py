@@ -1,4 +1,5 @@
-"""Intrinsics: EXIF and preset focal lengths, validation messages, crop mapping, sidecars."""
+"""Intrinsics: preset focal lengths, confidence, validation messages, crop mapping, sidecars.
+(EXIF readings and their checks: tests/test_camera.py.)"""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from backend.imageio import ExifCamera
 from backend.intrinsics import (
     ASSUMED_FOV_PRESET,
     PIXEL_8A_PRESET,
@@ -16,7 +16,6 @@ from backend.intrinsics import (
     Intrinsics,
     IntrinsicsError,
     crop_resize_for,
-    from_exif,
     from_fov,
     load_sidecar,
     map_to_network,
@@ -26,64 +25,12 @@ from backend.intrinsics import (
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def test_35mm_equivalent_uses_the_image_diagonal():
-    # 400 x 300 has a 500 px diagonal: 26 mm on a 43.27 mm diagonal -> 26 * 500 / 43.27 px.
-    choice = from_exif(ExifCamera(focal_35mm=26.0), 400, 300)
-    assert choice is not None
-    expected = 26.0 * 500.0 / 43.27
-    assert choice.intrinsics == Intrinsics(expected, expected, 199.5, 149.5)
-    assert "35 mm" in choice.source and "26" in choice.source and f"{expected:.0f} px" in choice.source
-
-
-def test_35mm_focal_is_orientation_invariant_and_centre_follows_the_upright_image():
-    landscape = from_exif(ExifCamera(focal_35mm=26.0), 4080, 3072).intrinsics
-    portrait = from_exif(ExifCamera(focal_35mm=26.0), 3072, 4080).intrinsics
-    assert landscape.fx == pytest.approx(portrait.fx)
-    assert (portrait.cx, portrait.cy) == (1535.5, 2039.5)
-
-
-@pytest.mark.parametrize("unit_mm, res_per_unit", [(1.0, 250.0), (10.0, 2500.0), (25.4, 6350.0), (0.001, 0.25)])
-def test_focal_length_times_focal_plane_resolution_in_every_unit(unit_mm, res_per_unit):
-    exif = ExifCamera(focal_mm=4.0, focal_plane_x_res=res_per_unit, focal_plane_y_res=res_per_unit,
-                      focal_plane_unit_mm=unit_mm)
-    choice = from_exif(exif, 2000, 1500)
-    assert choice.intrinsics.fx == pytest.approx(1000.0)  # 4 mm x 250 px/mm
-    assert choice.intrinsics.fy == pytest.approx(1000.0)
-    assert "4 mm" in choice.source
-
-
-def test_35mm_tag_wins_over_focal_plane():
-    exif = ExifCamera(focal_35mm=26.0, focal_mm=4.0, focal_plane_x_res=250.0, focal_plane_unit_mm=1.0)
-    assert from_exif(exif, 400, 300).intrinsics.fx == pytest.approx(26.0 * 500 / 43.27)
-
-
-def test_focal_plane_resolution_is_rescaled_when_the_image_was_downsized():
-    # Camera wrote a 4000 px wide image; the file we got is 1000 px wide.
-    exif = ExifCamera(focal_mm=4.0, focal_plane_x_res=250.0, focal_plane_y_res=250.0, focal_plane_unit_mm=1.0,
-                      pixel_x_dimension=4000, pixel_y_dimension=3000)
-    choice = from_exif(exif, 1000, 750)
-    assert choice.intrinsics.fx == pytest.approx(250.0)
-    assert choice.intrinsics.fy == pytest.approx(250.0)
-    assert "rescaled" in choice.source
-
-
-def test_non_square_focal_plane_gives_different_fx_fy():
-    exif = ExifCamera(focal_mm=4.0, focal_plane_x_res=250.0, focal_plane_y_res=200.0, focal_plane_unit_mm=1.0)
-    intr = from_exif(exif, 2000, 1500).intrinsics
-    assert (intr.fx, intr.fy) == pytest.approx((1000.0, 800.0))
-
-
-def test_missing_or_implausible_exif_gives_none():
-    assert from_exif(ExifCamera(), 400, 300) is None
-    assert from_exif(ExifCamera(focal_mm=4.0), 400, 300) is None  # no sensor size: cannot convert
-    assert from_exif(ExifCamera(focal_35mm=0.5), 4000, 3000) is None  # 58 px for a 5000 px diagonal
-
-
 def test_pixel_8a_preset_matches_the_product_note():
     choice = PRESETS[PIXEL_8A_PRESET](4080, 3072)
     assert choice.intrinsics.fx == pytest.approx(3069, abs=0.5)
     assert choice.intrinsics.fx == choice.intrinsics.fy
     assert "26 mm" in choice.source
+    assert choice.confidence == "assumed"
 
 
 def test_assumed_fov_preset_states_and_obeys_its_assumption():
@@ -92,6 +39,7 @@ def test_assumed_fov_preset_states_and_obeys_its_assumption():
     hfov = math.degrees(2 * math.atan(500 / choice.intrinsics.fx))
     assert hfov == pytest.approx(60.0)
     assert "60°" in choice.source and "guess" in choice.source
+    assert choice.confidence == "assumed" and choice.reason
 
 
 def test_from_fov_rejects_nonsense():
@@ -155,6 +103,7 @@ def test_sidecar_of_the_motorcycle_example():
     choice = load_sidecar(EXAMPLES / "motorcycle.png")
     assert choice.intrinsics == Intrinsics(994.978, 994.978, 311.193, 254.877)
     assert "Middlebury" in choice.source
+    assert choice.confidence == "calibrated" and "json" in choice.reason
 
 
 def test_no_sidecar_gives_none(tmp_path):

@@ -51,6 +51,7 @@ def test_metric_scale_and_crop(engine, motorcycle, store):
     assert {"crop_resize", "normalize", "compute", "metric_scale", "colormap", "point_cloud",
             "write_ply", "write_depth"} <= set(result.timings_ms)
     info = json.loads(json.dumps(result.info()))  # JSON-ready
+    assert (info["intrinsics"]["source"], info["intrinsics"]["confidence"]) == ("Middlebury", "calibrated")
     assert info["intrinsics"]["network"]["fx"] == pytest.approx(intr.fx * 448 / side, abs=1e-3)
     assert info["depth_m"]["median"] == pytest.approx(float(np.median(result.depth)), rel=1e-3)
 

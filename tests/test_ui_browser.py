@@ -15,6 +15,7 @@ from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
 from tests._app_helpers import REPO, running_app
+from tests._exif_corpus import BY_NAME, write
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -43,6 +44,7 @@ def test_example_run_draws_depth_and_point_cloud(app_url):
             page.get_by_text("motorcycle", exact=True).first.click()
             expect(page.get_by_text("Middlebury 2014 calibration")).to_be_visible(timeout=30_000)
             expect(page.get_by_label("fx (px)")).to_have_value("994.978")
+            expect(page.get_by_text("confidence: calibrated")).to_be_visible()
 
             page.get_by_role("button", name="Estimate depth").click()
             depth_img = page.locator("#depth-colormap img")
@@ -62,5 +64,24 @@ def test_example_run_draws_depth_and_point_cloud(app_url):
             if os.environ.get("UPDATE_SCREENSHOT") == "1":
                 (REPO / "docs").mkdir(exist_ok=True)
                 shutil.copyfile(ARTIFACTS / "ui.png", REPO / "docs" / "screenshot.png")
+        finally:
+            browser.close()
+
+
+def test_uncertain_exif_is_labelled_next_to_the_source(app_url, tmp_path):
+    """A photo cropped after capture: the 35 mm-equivalent is used, and the page says how sure it is."""
+    photo = write(BY_NAME["F_iphone6_cropped_16x9"], tmp_path)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1700})
+            page.goto(app_url, wait_until="load")
+            expect(page.get_by_role("button", name="Estimate depth")).to_be_visible(timeout=60_000)
+            page.locator("input[type=file]").first.set_input_files(str(photo))
+            expect(page.get_by_text("confidence: exif-uncertain")).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("cropped after capture")).to_be_visible()
+            expect(page.get_by_text("EXIF 35 mm-equivalent focal 57 mm (Apple iPhone 6)")).to_be_visible()
+            page.get_by_role("button", name="Estimate depth").click()  # the info panel repeats the label
+            expect(page.get_by_text("confidence: exif-uncertain")).to_have_count(2, timeout=60_000)
         finally:
             browser.close()
