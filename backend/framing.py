@@ -94,6 +94,12 @@ class Framing:
         return ((np.asarray(x, dtype=np.float64) - self.left + 0.5) / self.scale_x - 0.5 + self.x0,
                 (np.asarray(y, dtype=np.float64) - self.top + 0.5) / self.scale_y - 0.5 + self.y0)
 
+    def content_to_photo(self, x: float | np.ndarray, y: float | np.ndarray) -> tuple:
+        """Coordinates in the content box (e.g. a click on `colored[framing.content]`, the colormap
+        without padding) -> photo pixel coordinates."""
+        return self.network_to_photo(np.asarray(x, dtype=np.float64) + self.left,
+                                     np.asarray(y, dtype=np.float64) + self.top)
+
     def info(self) -> dict[str, object]:
         """JSON-ready description for the info panel, the API and intrinsics.json."""
         return {"field_of_view": FIELDS_OF_VIEW[self.mode], "network_size": self.size,
@@ -209,11 +215,14 @@ def upsample_to_grid(network: np.ndarray, framing: Framing, grid: DownloadGrid) 
     return out
 
 
-def _taps(coord: np.ndarray, photo: np.ndarray, start: int, extent: int, content: int):
+def _taps(coord: np.ndarray, photo: np.ndarray, start: int, extent: int,
+          content: int) -> tuple[tuple[np.ndarray, np.ndarray, slice], np.ndarray] | tuple[None, None]:
     """Neighbour indices and weights along one axis for the grid pixels inside the photo box.
 
-    Returns ((i0, i1, slice of grid pixels inside), weight of i1), or (None, None) when no grid
-    pixel centre lies inside. The inside pixels are contiguous since the mapping is monotonic.
+    coord: each grid pixel's position in content-box pixels; photo: its position in photo
+    pixels. Returns ((i0, i1, the slice of grid pixels inside), the weight of i1), or
+    (None, None) when no grid pixel centre lies inside. The inside pixels are contiguous
+    because the mapping is monotonic.
     """
     inside = np.flatnonzero((photo >= start - 0.5) & (photo <= start + extent - 0.5))
     if inside.size == 0:

@@ -54,6 +54,7 @@ StageCallback = Callable[[str, float], None]  # (what is about to happen, fracti
 HOST_PREPROCESS_STAGES = ("decode", "crop_resize")
 TRANSFER_STAGES = ("transfer",)  # to the phone and back (USB + adb); absent on the host
 NETWORK_STAGES = ("normalize", "compute")  # where the engine runs: the phone's runner or the host CPU
+RENDER_STAGES = ("metric_scale", "colormap", "point_cloud", "write_ply", "write_depth")  # what rerender() repeats
 PIXEL_CONVENTION = "OpenCV: pixel (u, v) has its centre at integer (u, v); its ray is ((u - cx) / fx, (v - cy) / fy, 1)"
 
 
@@ -221,7 +222,7 @@ def rerender(est: Estimate, intrinsics: Intrinsics, options: PipelineOptions = P
     options.field_of_view differs from the Estimate's (that needs estimate() again) or the
     colormap / colour range is unusable.
     """
-    return _derive(est, intrinsics, options, source, store, on_stage, spent={})
+    return _derive(est, intrinsics, options, source, store, on_stage, spent={}, rerendered=True)
 
 
 def run(image: LoadedImage, intrinsics: Intrinsics, engine: Engine, options: PipelineOptions = PipelineOptions(),
@@ -234,14 +235,12 @@ def run(image: LoadedImage, intrinsics: Intrinsics, engine: Engine, options: Pip
     """
     validate(intrinsics, image.width, image.height)
     est = estimate(image, engine, options.field_of_view, on_stage=on_stage)
-    return _derive(est, intrinsics, options, source, store, on_stage, spent=est.timings_ms)
-
-
-RENDER_STAGES = ("metric_scale", "colormap", "point_cloud", "write_ply", "write_depth")
+    return _derive(est, intrinsics, options, source, store, on_stage, spent=est.timings_ms, rerendered=False)
 
 
 def _derive(est: Estimate, intrinsics: Intrinsics, options: PipelineOptions, source: str,
-            store: OutputStore | None, on_stage: StageCallback | None, spent: dict[str, float]) -> PipelineResult:
+            store: OutputStore | None, on_stage: StageCallback | None, spent: dict[str, float],
+            rerendered: bool) -> PipelineResult:
     notify = on_stage or (lambda _what, _fraction: None)
     if options.field_of_view != est.framing.mode:
         raise ValueError(f"this depth was computed for the {FIELDS_OF_VIEW[est.framing.mode]} view; "
@@ -295,7 +294,7 @@ def _derive(est: Estimate, intrinsics: Intrinsics, options: PipelineOptions, sou
         cloud_center_distance=_bbox_center_distance(xyz), files=files,
         intrinsics=intrinsics, network_intrinsics=net_intr, grid_depth=grid_depth, grid_intrinsics=grid_intr,
         beyond_png_range=beyond, intrinsics_source=source, framing=framing, grid=grid,
-        image_size=(width, height), stats=stats, timings_ms=timings, engine=est.engine, rerendered=not spent,
+        image_size=(width, height), stats=stats, timings_ms=timings, engine=est.engine, rerendered=rerendered,
     )
 
 

@@ -79,6 +79,9 @@ def test_photo_and_network_coordinates_are_inverse():
     np.testing.assert_allclose(back[1], v, atol=1e-9)
     # Photo pixel centre (0, 0) sits half a network pixel's worth of photo inside the content corner.
     assert x[0] == pytest.approx(f.left + 0.5 * f.scale_x - 0.5)
+    # A click on the colormap without its padding: content pixel (0, 0) is network pixel (left, top).
+    assert f.content_to_photo(0.0, 0.0) == pytest.approx(f.network_to_photo(f.left, f.top))
+    assert f.content_to_photo(x[1] - f.left, y[1] - f.top) == pytest.approx((u[1], v[1]))
 
 
 def test_unknown_mode_and_bad_sizes_are_refused():
