@@ -24,7 +24,7 @@ MAX_PNG_MM = np.iinfo(np.uint16).max  # 65.535 m: the far limit of a 16-bit mill
 
 @dataclass(frozen=True)
 class OutputFiles:
-    folder: Path
+    folder: Path  # where this result wrote files (a re-render may also hand out unchanged older ones)
     depth_npy: Path  # float32 [H, W] metric z-depth in meters on the download grid, NaN = no depth
     depth_png: Path  # uint16 [H, W] millimetres, 0 = no depth (none, or beyond 65.535 m)
     intrinsics_json: Path  # the K of the depth files' pixel grid, and what that grid is
@@ -101,6 +101,17 @@ class OutputStore:
             shutil.rmtree(old, ignore_errors=True)
         self.prune()
         return folder
+
+    def refresh(self, folder: Path) -> bool:
+        """Mark `folder` as just used (a re-render hands out its files again): it becomes the
+        newest, so neither the count nor the age limit removes it soon. False when it is gone."""
+        with self._lock:
+            for i, (known, _) in enumerate(self._folders):
+                if known == folder:
+                    del self._folders[i]
+                    self._folders.append((folder, time.monotonic()))
+                    return folder.is_dir()
+        return False
 
     def prune(self, now: float | None = None) -> int:
         """Remove folders older than max_age_s (called per request and by a timer); returns how many."""

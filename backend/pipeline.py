@@ -113,6 +113,8 @@ class PipelineResult:
     timings_ms: dict[str, float]  # what this call spent: every stage for run(), the derived ones for rerender()
     engine: EngineInfo
     rerendered: bool  # True when derived from a kept Estimate without running the network
+    options: PipelineOptions  # what it was rendered with
+    estimate: Estimate = field(repr=False)  # the kept canonical depth it came from (for rerender)
 
     @property
     def render_ms(self) -> float:
@@ -214,15 +216,18 @@ def estimate(image: LoadedImage, engine: Engine, field_of_view: str = DEFAULT_FI
 
 def rerender(est: Estimate, intrinsics: Intrinsics, options: PipelineOptions = PipelineOptions(), *,
              source: str = "entered by hand", store: OutputStore | None = None,
-             on_stage: StageCallback | None = None) -> PipelineResult:
+             on_stage: StageCallback | None = None, previous: PipelineResult | None = None) -> PipelineResult:
     """Everything that follows from kept canonical depth, for new intrinsics and options.
 
     No network run: metric depth, colormap, cloud, files (when `store` is given) and info.
-    Raises IntrinsicsError for intrinsics that cannot describe the photo, ValueError when
-    options.field_of_view differs from the Estimate's (that needs estimate() again) or the
-    colormap / colour range is unusable.
+    `previous`, a result of the same Estimate (e.g. the one on screen), lets unchanged parts
+    be reused: with the same intrinsics and source its depth files, with the same cloud
+    filter too its point cloud and PLY files (a colormap or colour-range change then writes
+    nothing). Raises IntrinsicsError for intrinsics that cannot describe the photo,
+    ValueError when options.field_of_view differs from the Estimate's (that needs
+    estimate() again) or the colormap / colour range is unusable.
     """
-    return _derive(est, intrinsics, options, source, store, on_stage, spent={}, rerendered=True)
+    return _derive(est, intrinsics, options, source, store, on_stage, spent={}, rerendered=True, previous=previous)
 
 
 def run(image: LoadedImage, intrinsics: Intrinsics, engine: Engine, options: PipelineOptions = PipelineOptions(),
@@ -240,7 +245,7 @@ def run(image: LoadedImage, intrinsics: Intrinsics, engine: Engine, options: Pip
 
 def _derive(est: Estimate, intrinsics: Intrinsics, options: PipelineOptions, source: str,
             store: OutputStore | None, on_stage: StageCallback | None, spent: dict[str, float],
-            rerendered: bool) -> PipelineResult:
+            rerendered: bool, previous: PipelineResult | None = None) -> PipelineResult:
     notify = on_stage or (lambda _what, _fraction: None)
     if options.field_of_view != est.framing.mode:
         raise ValueError(f"this depth was computed for the {FIELDS_OF_VIEW[est.framing.mode]} view; "
@@ -261,9 +266,18 @@ def _derive(est: Estimate, intrinsics: Intrinsics, options: PipelineOptions, sou
     net_intr = framing.network_intrinsics(intrinsics)
     grid_intr = grid.intrinsics(intrinsics)
 
+    # What a previous result of the same Estimate already holds for the same camera (its
+    # files, when they are still in the store): a colormap change writes no files at all.
+    same = (previous if previous is not None and previous.estimate is est and previous.intrinsics == intrinsics
+            and previous.intrinsics_source == source else None)
+    old = same.files if same is not None else None
+    keep_depth = same is not None and (store is None or (old is not None and store.refresh(old.depth_npy.parent)))
+    keep_cloud = (same is not None and same.options.cloud == options.cloud
+                  and (store is None or (old is not None and store.refresh(old.ply.parent))))
+
     notify("Scaling to meters and colouring", 0.7)
     depth = metric_depth(est.canonical, net_intr.fx, est.canonical_focal)
-    grid_depth = metric_depth(est.canonical_grid, net_intr.fx, est.canonical_focal)
+    grid_depth = same.grid_depth if keep_depth else metric_depth(est.canonical_grid, net_intr.fx, est.canonical_focal)
     lap("metric_scale")
     vmin, vmax = options.color_range
     if vmin is None or vmax is None:
@@ -274,27 +288,36 @@ def _derive(est: Estimate, intrinsics: Intrinsics, options: PipelineOptions, sou
     colormap = with_colorbar(np.ascontiguousarray(colored[framing.content]), vmin, vmax, options.colormap)
     lap("colormap")
 
-    notify("Building the point cloud", 0.8)
-    xyz, rgb = point_cloud(depth, est.network_rgb, net_intr, options.cloud)
-    lap("point_cloud")
-    files = None
-    if store is not None:
-        folder = store.new_folder()
-        ply, view_ply = write_cloud(folder, xyz, rgb)
-        lap("write_ply")
-        npy, png, meta, beyond = write_depth(folder, grid_depth, _grid_doc(est, intrinsics, grid_intr, source))
-        lap("write_depth")
-        files = OutputFiles(folder, npy, png, meta, ply, view_ply, beyond)
+    if keep_cloud:
+        points, center = same.points, same.cloud_center_distance
     else:
-        beyond = count_beyond_png_range(grid_depth)
+        notify("Building the point cloud", 0.8)
+        xyz, rgb = point_cloud(depth, est.network_rgb, net_intr, options.cloud)
+        points, center = int(len(xyz)), _bbox_center_distance(xyz)
+        lap("point_cloud")
+    files = None
+    beyond = same.beyond_png_range if keep_depth else count_beyond_png_range(grid_depth)
+    if store is not None:
+        folder = old.folder if keep_depth and keep_cloud else store.new_folder()
+        if keep_cloud:
+            ply, view_ply = old.ply, old.view_ply
+        else:
+            ply, view_ply = write_cloud(folder, xyz, rgb)
+            lap("write_ply")
+        if keep_depth:
+            npy, png, meta = old.depth_npy, old.depth_png, old.intrinsics_json
+        else:
+            npy, png, meta, beyond = write_depth(folder, grid_depth, _grid_doc(est, intrinsics, grid_intr, source))
+            lap("write_depth")
+        files = OutputFiles(folder, npy, png, meta, ply, view_ply, beyond)
     stats = depth_stats(depth[framing.content])
     return PipelineResult(
         depth=depth, valid=framing.valid_mask(), network_rgb=est.network_rgb, colored=colored, colormap=colormap,
-        color_range=(float(vmin), float(vmax)), points=int(len(xyz)),
-        cloud_center_distance=_bbox_center_distance(xyz), files=files,
+        color_range=(float(vmin), float(vmax)), points=points, cloud_center_distance=center, files=files,
         intrinsics=intrinsics, network_intrinsics=net_intr, grid_depth=grid_depth, grid_intrinsics=grid_intr,
         beyond_png_range=beyond, intrinsics_source=source, framing=framing, grid=grid,
         image_size=(width, height), stats=stats, timings_ms=timings, engine=est.engine, rerendered=rerendered,
+        options=options, estimate=est,
     )
 
 

@@ -11,7 +11,8 @@ the point filters keep a realistic ~200k points.
 host_pre_ms is the framing (default field of view) of a typical 12 MP phone photo (4032 x 3024) at 448.
 rerender_ms is the live re-render (backend.pipeline.rerender: new intrinsics, colormap and
 filters from the kept canonical depth, files included, no network) of a 448 x 448 photo;
-rerender_12mp_ms the same for the 12 MP photo, whose depth downloads are 2048 x 1536.
+rerender_12mp_ms the same for the 12 MP photo, whose depth downloads are 2048 x 1536, and
+rerender_recolour_12mp_ms a colormap-only change there (the previous result's files reused).
 """
 from __future__ import annotations
 
@@ -128,10 +129,30 @@ def _median_rerender(rgb: np.ndarray, intr: Intrinsics, engine: Engine, repeats:
     return statistics.median(walls)
 
 
+def _median_recolour(rgb: np.ndarray, intr: Intrinsics, engine: Engine, repeats: int) -> float:
+    """Median wall time of a colormap-only rerender() given the result on screen (files reused)."""
+    est = estimate(LoadedImage(rgb, ExifCamera(), "PNG", "RGB"), engine)
+    maps = ("viridis", "magma", "turbo", "gray")
+    with tempfile.TemporaryDirectory(prefix="metric3d-bench-") as tmp:
+        store = OutputStore(Path(tmp), keep=4)
+        shown = rerender(est, intr, store=store)
+        walls = []
+        for n in range(repeats + 1):
+            options = PipelineOptions(colormap=maps[n % len(maps)])
+            wall, shown = timed_ms(lambda: rerender(est, intr, options, store=store, previous=shown))
+            if n:
+                walls.append(wall)
+        store.cleanup()
+    return statistics.median(walls)
+
+
 def measure_rerender(engine: Engine, repeats: int) -> dict[str, float]:
-    """rerender_ms (448 x 448 photo) and rerender_12mp_ms (4032 x 3024, 2048 x 1536 downloads)."""
+    """rerender_ms (448 x 448 photo), rerender_12mp_ms (4032 x 3024, 2048 x 1536 downloads) and
+    rerender_recolour_12mp_ms (colormap change only, 12 MP)."""
     rgb, intr = network_image(engine.input_size)
     photo = typical_photo()
     height, width = photo.shape[:2]
+    photo_intr = centered(0.8 * width, width, height)
     return {"rerender_ms": _median_rerender(rgb, intr, engine, repeats),
-            "rerender_12mp_ms": _median_rerender(photo, centered(0.8 * width, width, height), engine, repeats)}
+            "rerender_12mp_ms": _median_rerender(photo, photo_intr, engine, repeats),
+            "rerender_recolour_12mp_ms": _median_recolour(photo, photo_intr, engine, repeats)}

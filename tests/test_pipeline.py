@@ -175,6 +175,36 @@ def test_rerender_is_run_without_the_network(engine, motorcycle, store):
         rerender(est, Intrinsics(995.0, 995.0, 5000.0, 250.0))
 
 
+def test_rerender_reuses_what_did_not_change(engine, motorcycle, store):
+    image, intr = motorcycle
+    est = estimate(image, engine)
+    first = rerender(est, intr, store=store)
+    # A colormap / colour-range change: no point cloud, no files, the same downloads.
+    recoloured = rerender(est, intr, PipelineOptions(colormap="viridis", color_range=(1.0, 9.0)),
+                          store=store, previous=first)
+    assert set(recoloured.timings_ms) == {"metric_scale", "colormap"}
+    assert recoloured.files == first.files and recoloured.points == first.points
+    assert not np.array_equal(recoloured.colormap, first.colormap)
+    # A filter change: a new cloud and PLY, the depth files stay.
+    filtered = rerender(est, intr, PipelineOptions(cloud=CloudFilter(max_depth=8.0)), store=store, previous=first)
+    assert "write_ply" in filtered.timings_ms and "write_depth" not in filtered.timings_ms
+    assert filtered.files.ply != first.files.ply and filtered.files.depth_npy == first.files.depth_npy
+    assert filtered.points < first.points
+    assert read_ply(filtered.files.ply)[0][:, 2].max() <= 8.0
+    # New intrinsics: everything again.
+    moved = rerender(est, Intrinsics(intr.fx * 1.1, intr.fy * 1.1, intr.cx, intr.cy), store=store, previous=first)
+    assert {"write_ply", "write_depth"} <= set(moved.timings_ms) and moved.files.depth_npy != first.files.depth_npy
+    np.testing.assert_allclose(np.load(moved.files.depth_npy), np.load(first.files.depth_npy) * 1.1, rtol=1e-6)
+    # A result of another Estimate, or files the store has dropped, are never reused.
+    other = rerender(estimate(image, engine), intr, store=store, previous=first)
+    assert other.files.depth_npy != first.files.depth_npy
+    small = OutputStore(root=store.root, keep=1)
+    kept = rerender(est, intr, store=small)
+    rerender(est, intr, store=small)  # pushes `kept`'s folder out
+    again = rerender(est, intr, PipelineOptions(colormap="gray"), store=small, previous=kept)
+    assert again.files.depth_npy.exists() and again.files.ply.exists() and again.files.folder != kept.files.folder
+
+
 def test_filters_and_colormap_options(engine, motorcycle):
     image, intr = motorcycle
     full = run(image, intr, engine)
