@@ -324,7 +324,8 @@ def _derive(est: Estimate, intrinsics: Intrinsics, options: PipelineOptions, sou
 def _grid_doc(est: Estimate, photo: Intrinsics, grid_intr: Intrinsics, source: str) -> dict:
     """What intrinsics.json says about the depth files' pixel grid."""
     width, height = est.image_size
-    return {**_intr_dict(grid_intr, 6), "units": {"fx, fy, cx, cy": "pixels of this grid", "depth": "m (.npy), mm (.png)"},
+    return {**_intr_dict(grid_intr, 6),
+            "units": {"fx, fy, cx, cy": "pixels of this grid", "depth": "m (.npy), mm (.png)"},
             "pixel_convention": PIXEL_CONVENTION, "depth_kind": "z-depth (along the optical axis), not range",
             "field_of_view": FIELDS_OF_VIEW[est.framing.mode],
             "no_depth": ("outside the centre square the network saw" if est.framing.mode == CENTRE_SQUARE
