@@ -18,7 +18,7 @@ from benchmarks.host_post import network_image
 from benchmarks.timing import medians, timed_ms
 from device.build import build_host, wheel_litert_library
 from device.engine import DeviceEngine
-from device.session import RunnerFiles
+from device.session import LinkSettings, RunnerFiles
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 
@@ -38,9 +38,9 @@ def measure_link(model: Path, repeats: int, threads: int) -> dict[str, object]:
     files = RunnerFiles(build_host(), (wheel_litert_library(),))
     samples = []
     with tempfile.TemporaryDirectory(prefix="metric3d-bench-phone-") as tmp, emulated_phone(Path(tmp)) as phone:
-        engine = DeviceEngine(model, phone.serial, adb_port=phone.adb_port, start_server=False, files=files,
-                              accelerator="cpu", threads=threads, request_timeout=120.0, startup_timeout=120.0,
-                              adb_timeout=20.0)
+        link = LinkSettings(adb_port=phone.adb_port, start_server=False, accelerator="cpu", threads=threads,
+                            request_timeout=120.0, startup_timeout=120.0, adb_timeout=20.0)
+        engine = DeviceEngine(model, phone.serial, link, files).start()
         try:
             rgb = network_image(engine.input_size)[0]
             engine.infer(rgb)  # warm-up

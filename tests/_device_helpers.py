@@ -10,7 +10,7 @@ from typing import Iterator
 import pytest
 
 from device.build import build_host, wheel_litert_library
-from device.session import RunnerFiles
+from device.session import LinkSettings, RunnerFiles
 from adb_device_emulator import EmulatedPhone, emulated_phone
 
 RUNNER = "metric3d_runner"
@@ -44,12 +44,12 @@ def phone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedPhone]:
         yield connected
 
 
-def engine_options(phone: EmulatedPhone, files: RunnerFiles, **overrides) -> dict:
-    """DeviceEngine keyword arguments for the emulated phone (CPU in the runner: no GPU here)."""
-    options = dict(adb_port=phone.adb_port, start_server=False, files=files, accelerator="cpu",
+def emulated_link(phone: EmulatedPhone, **overrides) -> LinkSettings:
+    """Link settings for the emulated phone (CPU in the runner: no GPU here)."""
+    options = dict(adb_port=phone.adb_port, start_server=False, accelerator="cpu",
                    request_timeout=20.0, startup_timeout=30.0, adb_timeout=10.0)
     options.update(overrides)
-    return options
+    return LinkSettings(**options)
 
 
 def remote_dir_on_host(phone: EmulatedPhone, remote_dir: str = "/data/local/tmp/metric3d") -> Path:

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 
-from _device_helpers import (RUNNER, deadline, engine_options, host_runner_files, phone,  # noqa: F401
+from _device_helpers import (RUNNER, deadline, emulated_link, host_runner_files, phone,  # noqa: F401
                              remote_dir_on_host)
 from adb_device_emulator import AdbDeviceEmulator, EmulatedPhone, adb_binary, free_port, wait_for_state
 from backend.engine import EngineError
@@ -31,7 +31,7 @@ from backend.imageio import ExifCamera, LoadedImage
 from backend.pipeline import run
 from device.adb import DeviceGoneError, DeviceLinkError
 from device.backends import Backends
-from device.engine import DeviceEngine, FallbackEngine
+from device.engine import DeviceEngine
 from tests._app_helpers import REPO
 from tests._reliability_helpers import app_subprocess
 
@@ -201,7 +201,7 @@ def test_runner_crash_mid_request_is_explained_and_the_next_request_recovers(
         phone, stand_in_model, host_runner_files, host):
     rgb = _rgb(1)
     with deadline(90):
-        engine = DeviceEngine(stand_in_model, phone.serial, **engine_options(phone, host_runner_files))
+        engine = DeviceEngine(stand_in_model, phone.serial, emulated_link(phone), host_runner_files).start()
         try:
             (first_pid,) = phone.device.processes()
             phone.device.kill_on_next_socket_data(RUNNER, min_bytes=4096)  # the INFER frame, not the health ping
@@ -222,7 +222,7 @@ def test_runner_killed_between_requests_is_restarted_within_the_next_request(
         phone, stand_in_model, host_runner_files, host):
     rgb = _rgb(2)
     with deadline(90):
-        engine = DeviceEngine(stand_in_model, phone.serial, **engine_options(phone, host_runner_files))
+        engine = DeviceEngine(stand_in_model, phone.serial, emulated_link(phone), host_runner_files).start()
         try:
             assert len(phone.device.kill_by_name(RUNNER)) == 1
             result, took = _timed(lambda: engine.infer(rgb))
@@ -240,7 +240,7 @@ def test_runner_killed_between_requests_is_restarted_within_the_next_request(
 def test_cable_pulled_during_an_inference_is_a_clear_error_within_the_bound(
         tmp_path, stand_in_model, host_runner_files):
     with deadline(90), emulated_setup(tmp_path, CablePulledMidRequest) as (ph, _server):
-        engine = DeviceEngine(stand_in_model, ph.serial, **engine_options(ph, host_runner_files))
+        engine = DeviceEngine(stand_in_model, ph.serial, emulated_link(ph), host_runner_files).start()
         try:
             ph.device.pull_cable_on_next_socket_data(4096)
             error, took = _timed_error(lambda: engine.infer(_rgb(3)), DeviceGoneError)
@@ -248,23 +248,6 @@ def test_cable_pulled_during_an_inference_is_a_clear_error_within_the_bound(
             engine.close()
     assert "disconnected during the request" in str(error) and ph.serial in str(error)
     assert took < RECOVERY_BOUND_S, f"the unplug was reported after {took:.1f} s"
-
-
-def test_cable_pulled_during_an_inference_falls_back_to_the_host(tmp_path, stand_in_model, host_runner_files,
-                                                                 host):
-    rgb = _rgb(4)
-    with deadline(90), emulated_setup(tmp_path, CablePulledMidRequest) as (ph, _server):
-        engine = FallbackEngine(stand_in_model, ph.serial, **engine_options(ph, host_runner_files))
-        try:
-            assert engine.on_device
-            ph.device.pull_cable_on_next_socket_data(4096)
-            result, took = _timed(lambda: engine.infer(rgb))
-            info = engine.info()
-        finally:
-            engine.close()
-    assert took < RECOVERY_BOUND_S, f"the request finished on the host after {took:.1f} s"
-    assert info.engine == "Host LiteRT" and "Pixel disconnected" in info.details["notice"]
-    np.testing.assert_array_equal(result.depth, host.infer(rgb).depth)
 
 
 def test_app_backends_move_auto_requests_to_the_host_when_the_cable_is_pulled(
@@ -275,7 +258,7 @@ def test_app_backends_move_auto_requests_to_the_host_when_the_cable_is_pulled(
     intrinsics = Intrinsics(500.0, 500.0, (SIZE - 1) / 2, (SIZE - 1) / 2)
     with deadline(120), emulated_setup(tmp_path, CablePulledMidRequest) as (ph, _server):
         backends = Backends(lambda: HostEngine(stand_in_model),
-                            lambda: DeviceEngine(stand_in_model, ph.serial, **engine_options(ph, host_runner_files)))
+                            lambda: DeviceEngine(stand_in_model, ph.serial, emulated_link(ph), host_runner_files))
         try:
             assert backends.pick("auto").where == "device"
             ph.device.pull_cable_on_next_socket_data(4096)
@@ -298,7 +281,7 @@ def test_app_backends_move_auto_requests_to_the_host_when_the_cable_is_pulled(
 def test_adb_server_restart_is_survived_on_the_phone(tmp_path, stand_in_model, host_runner_files, host):
     rgb = _rgb(6)
     with deadline(120), emulated_setup(tmp_path) as (ph, server):
-        engine = DeviceEngine(stand_in_model, ph.serial, **engine_options(ph, host_runner_files))
+        engine = DeviceEngine(stand_in_model, ph.serial, emulated_link(ph), host_runner_files).start()
         try:
             engine.infer(rgb)
             server.kill()
@@ -316,19 +299,21 @@ def test_adb_server_restart_is_survived_on_the_phone(tmp_path, stand_in_model, h
     _assert_phone_depth(result.depth, host.infer(rgb).depth)
 
 
-def test_adb_server_death_falls_back_to_the_host(tmp_path, stand_in_model, host_runner_files, host):
+def test_adb_server_death_moves_auto_requests_to_the_host(tmp_path, stand_in_model, host_runner_files, host):
     rgb = _rgb(7)
+    infer = lambda pick: pick.engine.infer(rgb)  # noqa: E731
     with deadline(90), emulated_setup(tmp_path) as (ph, server):
-        engine = FallbackEngine(stand_in_model, ph.serial, **engine_options(ph, host_runner_files))
+        backends = Backends(lambda: HostEngine(stand_in_model),
+                            lambda: DeviceEngine(stand_in_model, ph.serial, emulated_link(ph), host_runner_files))
         try:
-            assert engine.on_device
+            assert backends.pick("auto").where == "device"
             server.kill()
-            result, took = _timed(lambda: engine.infer(rgb))
-            info = engine.info()
+            (result, pick), took = _timed(lambda: backends.run("auto", infer))
+            serving = pick.engine.info().engine
         finally:
-            engine.close()
+            backends.close()
     assert took < RECOVERY_BOUND_S, f"the fallback request took {took:.1f} s"
-    assert info.engine == "Host LiteRT" and "Pixel disconnected" in info.details["notice"]
+    assert serving == "Host LiteRT" and "Pixel disconnected" in pick.notice
     np.testing.assert_array_equal(result.depth, host.infer(rgb).depth)
 
 
@@ -336,12 +321,12 @@ def test_adb_server_death_falls_back_to_the_host(tmp_path, stand_in_model, host_
 
 
 def test_model_replaced_on_the_host_is_refused_by_its_sha256(phone, stand_in_model, host_runner_files, tmp_path):
-    """The app loaded model A; the file now holds B. The runner is restarted with B pushed, and the
-    handshake (which expects A's sha256) must refuse it instead of silently serving B."""
+    """The app loaded model A; the file now holds B. Restarting the runner must refuse B (its sha256
+    differs from the one loaded) instead of silently serving it."""
     model = tmp_path / "model.tflite"
     model.write_bytes(stand_in_model.read_bytes())
     with deadline(90):
-        engine = DeviceEngine(model, phone.serial, **engine_options(phone, host_runner_files))
+        engine = DeviceEngine(model, phone.serial, emulated_link(phone), host_runner_files).start()
         try:
             model.write_bytes(stand_in_model.read_bytes() + b"\0" * 64)  # still loads; different sha256
             phone.device.kill_by_name(RUNNER)
@@ -349,15 +334,16 @@ def test_model_replaced_on_the_host_is_refused_by_its_sha256(phone, stand_in_mod
         finally:
             engine.close()
     message = str(error)
-    assert "could not be restarted" in message and "refused the session" in message
-    assert "sha256" in message
+    assert "could not be restarted" in message and "changed since the app loaded it" in message
+    assert "sha256" in message and "Restart the app" in message
+    assert (remote_dir_on_host(phone) / "model.tflite").read_bytes() == stand_in_model.read_bytes()  # B not pushed
     assert took < RECOVERY_BOUND_S
 
 
 def test_model_corrupted_on_the_phone_is_pushed_again(phone, stand_in_model, host_runner_files, host):
     rgb = _rgb(9)
     with deadline(90):
-        engine = DeviceEngine(stand_in_model, phone.serial, **engine_options(phone, host_runner_files))
+        engine = DeviceEngine(stand_in_model, phone.serial, emulated_link(phone), host_runner_files).start()
         try:
             on_phone = remote_dir_on_host(phone) / "model.tflite"
             on_phone.write_bytes(on_phone.read_bytes()[:1000])  # flash corruption, a cut-short copy
@@ -386,7 +372,7 @@ def test_truncated_model_is_a_clear_error_on_host_and_phone(keep, host_words, ph
     with deadline(60):
         host_error, _ = _timed_error(lambda: HostEngine(cut))
         phone_error, took = _timed_error(
-            lambda: DeviceEngine(cut, phone.serial, **engine_options(phone, host_runner_files)))
+            lambda: DeviceEngine(cut, phone.serial, emulated_link(phone), host_runner_files).start())
     assert all(w in str(host_error) for w in host_words), str(host_error)
     assert all(w in str(phone_error) for w in phone_words), str(phone_error)
     assert took < RECOVERY_BOUND_S, f"refusing the model on the phone took {took:.1f} s"
@@ -398,7 +384,7 @@ def test_missing_model_is_a_clear_error(phone, stand_in_model, host_runner_files
     with deadline(30):
         host_error, _ = _timed_error(lambda: HostEngine(missing))
         phone_error, _ = _timed_error(
-            lambda: DeviceEngine(missing, phone.serial, **engine_options(phone, host_runner_files)))
+            lambda: DeviceEngine(missing, phone.serial, emulated_link(phone), host_runner_files).start())
     for error in (host_error, phone_error):
         assert "model file not found" in str(error) and "nowhere.tflite" in str(error)
 

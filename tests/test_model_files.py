@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from backend.digest import file_sha256
 from backend.model_files import (ENV_CACHE, ENV_MODEL, PUBLISHED_FILE, ModelNotFound, cache_dir,
                                  resolve_model)
-from backend.model_info import (IMAGENET_MEAN, IMAGENET_STD, METADATA_NAME, ModelInfoError, file_sha256,
+from backend.model_info import (IMAGENET_MEAN, IMAGENET_STD, METADATA_NAME, ModelInfoError,
                                 read_model_info)
 
 REPO = Path(__file__).resolve().parents[1]
