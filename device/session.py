@@ -141,9 +141,12 @@ class RunnerSession:
         adb.kill_stale_runners(self.phone, RUNNER_NAME, settings.adb_timeout)
         token = new_token()
         socket_name = f"metric3d_{secrets.token_hex(8)}"
-        args = build_runner_args(f"{settings.remote_dir}/{REMOTE_MODEL_NAME}", f"localabstract:{socket_name}",
-                                 token, settings.accelerator, settings.precision, self.model.mean, self.model.std,
-                                 settings.threads, libdir=settings.remote_dir)
+        try:
+            args = build_runner_args(f"{settings.remote_dir}/{REMOTE_MODEL_NAME}", f"localabstract:{socket_name}",
+                                     token, settings.accelerator, settings.precision, self.model.mean,
+                                     self.model.std, settings.threads, libdir=settings.remote_dir)
+        except ValueError as exc:  # the model's mean/std (the settings were checked when made)
+            raise DeviceLinkError(f"Bad runner setting: {exc}") from None
         self.runner = adb.start_runner(self.phone, settings.remote_dir, RUNNER_NAME, args, socket_name,
                                        f"runner-{socket_name}.log", settings.adb_timeout)
         try:

@@ -40,4 +40,6 @@ if [ "$dev" = 1 ]; then
 else
   .venv/bin/python -m pip install -q -r requirements.txt
 fi
+# The project itself (pyproject.toml), editable: imports and the metric3d-demo command point here.
+.venv/bin/python -m pip install -q --no-deps -e .
 echo "Ready: .venv"

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _device_helpers import RUNNER, deadline, emulated_link, host_runner_files, phone  # noqa: F401
-from adb_device_emulator import AdbDeviceEmulator, adb_server, emulated_phone, free_port, wait_for_state
+from testing import free_port
+from testing.device import RUNNER, deadline, emulated_link
+from testing.adb_emulator import AdbDeviceEmulator, emulated_phone, wait_for_state
 from backend.engine import EngineError
 from backend.host_engine import HostEngine
 from device import adb
@@ -103,9 +104,9 @@ def test_backends_move_auto_requests_to_the_host_when_the_phone_goes(phone, stan
     np.testing.assert_array_equal(depth, expected)
 
 
-def test_backends_without_a_phone_say_why(tmp_path_factory, stand_in_model, host_runner_files):
-    with deadline(60), adb_server(tmp_path_factory.mktemp("adb-home")) as port:
-        link = LinkSettings(adb_port=port, start_server=False)
+def test_backends_without_a_phone_say_why(adb_server_port, stand_in_model, host_runner_files):
+    with deadline(60):
+        link = LinkSettings(adb_port=adb_server_port, start_server=False)
         backends = Backends(lambda: HostEngine(stand_in_model),
                             lambda: DeviceEngine(stand_in_model, None, link, host_runner_files))
         try:
@@ -138,12 +139,12 @@ def test_wrong_abi_is_a_clear_error(tmp_path_factory, stand_in_model, host_runne
     assert "x86_64" in str(err.value) and "arm64-v8a" in str(err.value)
 
 
-def test_several_phones_must_be_told_apart(tmp_path_factory):
+def test_several_phones_must_be_told_apart(tmp_path_factory, adb_server_port):
     root = tmp_path_factory.mktemp("phones")
     phones = [AdbDeviceEmulator(root / f"p{i}", free_port()) for i in range(2)]
     try:
-        with deadline(60), adb_server(root / "adb-home") as port:
-            client = adb.adb_client(port=port, start_server=False)
+        with deadline(60):
+            client = adb.adb_client(port=adb_server_port, start_server=False)
             serials = [f"127.0.0.1:{p.port}" for p in phones]
             for s in serials:
                 client.connect(s, timeout=10)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _device_helpers import RUNNER, deadline, emulated_link, host_runner_files, phone, remote_dir_on_host  # noqa: F401
+from testing.device import RUNNER, deadline, emulated_link, remote_dir_on_host
 from backend.host_engine import HostEngine
 from device import adb
 from device.adb import DeviceLinkError

@@ -1,5 +1,5 @@
-"""Fixtures for the device-link tests: an emulated Pixel behind a private adb server,
-the host runner build to push to it, and a guard that turns a hang into a failure."""
+"""Helpers for the device-link tests and benchmarks: link settings for the emulated phone,
+a guard that turns a hang into a failure, and where a device folder lives on the host."""
 from __future__ import annotations
 
 import contextlib
@@ -7,13 +7,11 @@ import signal
 from pathlib import Path
 from typing import Iterator
 
-import pytest
-
-from device.build import build_host, wheel_litert_library
+from device.build import RUNNER_NAME as RUNNER, build_host, wheel_litert_library
 from device.session import LinkSettings, RunnerFiles
-from adb_device_emulator import EmulatedPhone, emulated_phone
+from testing.adb_emulator import EmulatedPhone
 
-RUNNER = "metric3d_runner"
+__all__ = ["RUNNER", "deadline", "emulated_link", "host_runner_files", "remote_dir_on_host"]
 
 
 @contextlib.contextmanager
@@ -31,17 +29,9 @@ def deadline(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-@pytest.fixture(scope="session")
 def host_runner_files() -> RunnerFiles:
-    """What the tests push as "the runner": the host build and the wheel's libLiteRt.so."""
+    """What goes to the emulated phone as "the runner": the host build and the wheel's libLiteRt.so."""
     return RunnerFiles(build_host(), (wheel_litert_library(),))
-
-
-@pytest.fixture
-def phone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedPhone]:
-    """An emulated Pixel 8a connected to a private adb server (fresh per test)."""
-    with emulated_phone(tmp_path_factory.mktemp("phone")) as connected:
-        yield connected
 
 
 def emulated_link(phone: EmulatedPhone, **overrides) -> LinkSettings:
