@@ -18,7 +18,6 @@ from gradio_client import Client, handle_file
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from backend.host_engine import HostEngine
 from backend.imageio import ExifCamera, ImageError, LoadedImage, load_image
 from backend.intrinsics import Intrinsics, IntrinsicsError, centered
 from backend.pipeline import run

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 
-from testing import REPO, free_port
+from testing import REPO
 from testing.adb_emulator import AdbDeviceEmulator, emulated_phone, wait_for_state
 from testing.device import RUNNER, deadline, emulated_link, remote_dir_on_host
 from backend.engine import EngineError
