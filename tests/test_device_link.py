@@ -174,3 +174,21 @@ def test_a_new_session_stops_a_runner_left_behind(phone, stand_in_model, host_ru
             fresh.infer(_image(fresh.input_size))
         finally:
             fresh.close()
+
+
+def test_stop_then_start_again_serves_with_a_fresh_runner(phone, stand_in_model, host_runner_files):
+    engine = DeviceEngine(stand_in_model, phone.serial, emulated_link(phone), host_runner_files)
+    assert phone.device.processes() == {}  # constructed: nothing started yet
+    with deadline(120):
+        try:
+            engine.start()
+            (first,) = phone.device.processes()
+            engine.stop()
+            stopped = dict(phone.device.processes())
+            engine.start()
+            (second,) = phone.device.processes()
+            result = engine.infer(_image(engine.input_size))
+        finally:
+            engine.close()
+    assert stopped == {} and second != first
+    assert result.depth.shape == (448, 448) and phone.device.processes() == {}
