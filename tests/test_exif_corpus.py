@@ -1,4 +1,4 @@
-"""Intrinsics from EXIF on files that reproduce real cameras' tags (tests/_exif_corpus.py),
+"""Intrinsics from EXIF on files that reproduce real cameras' tags (testing/exif_corpus.py),
 against exiftool's reference fx = FocalLength x ScaleFactor35efl x hypot(W, H) / hypot(36, 24)
 or, where exiftool is wrong or silent, a truth derived by hand (tests/data/README.md).
 Also `python -m backend.intrinsics`, with and without exiftool on the PATH."""
@@ -16,7 +16,7 @@ import pytest
 
 from backend.examples import suggest_intrinsics
 from backend.imageio import load_image
-from tests._exif_corpus import BY_NAME, CASES, Case, write
+from testing.exif_corpus import BY_NAME, CASES, Case, write
 
 REPO = Path(__file__).resolve().parents[1]
 EXIFTOOL = shutil.which("exiftool")

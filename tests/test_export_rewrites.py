@@ -16,7 +16,7 @@ from conversion.audit import audit_model
 from conversion.export import ops
 from conversion.export.ops import norm_normalize
 from conversion.export.transform import gpu_safe_
-from tests._conversion_helpers import convert_small, run_litert
+from _conversion_helpers import convert_small, run_litert
 
 torch.manual_seed(0)
 

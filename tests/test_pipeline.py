@@ -15,16 +15,11 @@ from backend.imageio import load_image
 from backend.intrinsics import Intrinsics, IntrinsicsError
 from backend.outputs import OutputStore
 from backend.pipeline import PipelineOptions, estimate, measure, measure_photo, rerender, run
-from backend.ply import read_ply
+from testing.clouds import read_cloud
 from backend.preprocess import frame_photo
-from tests._app_helpers import REPO
+from testing import REPO
 
 MOTORCYCLE = REPO / "examples" / "motorcycle.png"
-
-
-@pytest.fixture
-def engine(stand_in_engine: HostEngine) -> HostEngine:
-    return stand_in_engine
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +35,13 @@ def store(tmp_path):
     s.cleanup()
 
 
-def test_metric_scale_centre_square(engine, motorcycle, store):
+def test_metric_scale_centre_square(stand_in_engine, motorcycle, store):
     image, intr = motorcycle
-    result = run(image, intr, engine, PipelineOptions(field_of_view=CENTRE_SQUARE), store=store, source="Middlebury")
+    result = run(image, intr, stand_in_engine, PipelineOptions(field_of_view=CENTRE_SQUARE), store=store, source="Middlebury")
     side = min(image.width, image.height)  # 500: centre crop of the 741 x 500 photo
     expected_rgb = frame_photo(image.rgb, framing_for(image.width, image.height, 448, CENTRE_SQUARE))
     np.testing.assert_array_equal(result.network_rgb, expected_rgb)
-    canonical = engine.infer(expected_rgb).depth
+    canonical = stand_in_engine.infer(expected_rgb).depth
     np.testing.assert_allclose(result.depth, canonical * (intr.fx * 448 / side / 1000.0), rtol=1e-6)
     assert result.network_intrinsics.fx == pytest.approx(intr.fx * 448 / side)
     assert result.intrinsics_source == "Middlebury" and result.engine.engine == "Host LiteRT"
@@ -67,15 +62,15 @@ def test_metric_scale_centre_square(engine, motorcycle, store):
         measure_photo(result, (50, 200), (300, 200))
 
 
-def test_full_photo_letterbox_and_downloads(engine, motorcycle, store):
+def test_full_photo_letterbox_and_downloads(stand_in_engine, motorcycle, store):
     image, intr = motorcycle
-    result = run(image, intr, engine, store=store)  # the default field of view: the whole photo
+    result = run(image, intr, stand_in_engine, store=store)  # the default field of view: the whole photo
     framing = framing_for(741, 500, 448, FULL_PHOTO)
     assert result.framing == framing and framing.top == 73 and framing.content_height == 302
     expected_rgb = frame_photo(image.rgb, framing, (124, 116, 104))
     np.testing.assert_array_equal(result.network_rgb, expected_rgb)
     # Metric depth = canonical x fx448 / 1000 with fx448 = fx x 448 / 741; padding has none.
-    canonical = engine.infer(expected_rgb).depth
+    canonical = stand_in_engine.infer(expected_rgb).depth
     fx448 = intr.fx * 448 / 741
     rows = slice(73, 73 + 302)
     np.testing.assert_allclose(result.depth[rows], canonical[rows] * (fx448 / 1000.0), rtol=1e-6)
@@ -108,11 +103,11 @@ def test_full_photo_letterbox_and_downloads(engine, motorcycle, store):
     assert grid[250, 370] == pytest.approx(bilinear, rel=1e-5)
 
 
-def test_point_cloud_lies_on_the_depth_map(engine, motorcycle, store):
+def test_point_cloud_lies_on_the_depth_map(stand_in_engine, motorcycle, store):
     """Every PLY point projects back onto a network pixel inside the photo whose metric depth is the point's z."""
     image, intr = motorcycle
-    result = run(image, intr, engine, store=store)
-    xyz, rgb = read_ply(result.files.ply)
+    result = run(image, intr, stand_in_engine, store=store)
+    xyz, rgb = read_cloud(result.files.ply)
     assert len(xyz) == result.points > 0.5 * 448 * 302
     k = result.network_intrinsics
     u = np.rint(xyz[:, 0] / xyz[:, 2] * k.fx + k.cx).astype(int)
@@ -121,16 +116,16 @@ def test_point_cloud_lies_on_the_depth_map(engine, motorcycle, store):
     np.testing.assert_allclose(xyz[:, 2], result.depth[v, u], rtol=1e-6)
     np.testing.assert_array_equal(rgb, result.network_rgb[v, u])
 
-    view_xyz, _ = read_ply(result.files.view_ply)
+    view_xyz, _ = read_cloud(result.files.view_ply)
     np.testing.assert_array_equal(view_xyz, xyz * np.array([-1, -1, 1], np.float32))
     mm = np.asarray(Image.open(result.files.depth_png))
     assert mm.dtype == np.uint16 and mm.shape == (500, 741)
     np.testing.assert_array_equal(mm, np.rint(result.grid_depth.astype(np.float64) * 1000).astype(np.uint16))
 
 
-def test_depths_beyond_the_png_range_are_written_as_no_depth(engine, motorcycle, store):
+def test_depths_beyond_the_png_range_are_written_as_no_depth(stand_in_engine, motorcycle, store):
     image, intr = motorcycle
-    est = estimate(image, engine)
+    est = estimate(image, stand_in_engine)
     near = rerender(est, intr, store=store)
     # A longer focal scales every depth up: this one puts the median depth at 65.535 m.
     factor = 65.535 / float(np.median(near.grid_depth))
@@ -146,22 +141,22 @@ def test_depths_beyond_the_png_range_are_written_as_no_depth(engine, motorcycle,
     assert json.loads(far.files.intrinsics_json.read_text())["beyond_png_range_pixels"] == int(beyond.sum())
 
 
-def test_rerender_is_run_without_the_network(engine, motorcycle, store):
+def test_rerender_is_run_without_the_network(stand_in_engine, motorcycle, store):
     """Same photo, new intrinsics / colormap / filters: rerender matches a fresh run exactly."""
     image, intr = motorcycle
-    est = estimate(image, engine)
+    est = estimate(image, stand_in_engine)
     new_intr = Intrinsics(intr.fx * 1.3, intr.fy * 1.3, intr.cx + 7.0, intr.cy - 5.0)
     options = PipelineOptions(colormap="magma", color_range=(2.0, 6.0),
                               cloud=CloudFilter(min_depth=1.0, max_depth=8.0, edge_threshold=0.03))
     again = rerender(est, new_intr, options, store=store)
-    fresh = run(image, new_intr, engine, options, store=store)
+    fresh = run(image, new_intr, stand_in_engine, options, store=store)
     assert again.rerendered and not fresh.rerendered
     assert set(again.timings_ms) == {"metric_scale", "colormap", "point_cloud", "write_ply", "write_depth"}
     assert again.info()["rerender_ms"] == pytest.approx(again.render_ms, abs=0.01)
     np.testing.assert_array_equal(again.depth, fresh.depth)
     np.testing.assert_array_equal(again.colormap, fresh.colormap)
     np.testing.assert_array_equal(np.load(again.files.depth_npy), np.load(fresh.files.depth_npy))
-    np.testing.assert_array_equal(read_ply(again.files.ply)[0], read_ply(fresh.files.ply)[0])
+    np.testing.assert_array_equal(read_cloud(again.files.ply)[0], read_cloud(fresh.files.ply)[0])
     assert again.network_intrinsics == fresh.network_intrinsics
     # Metric depth is linear in fx: x 1.3 everywhere.
     base = rerender(est, intr)
@@ -176,9 +171,9 @@ def test_rerender_is_run_without_the_network(engine, motorcycle, store):
         rerender(est, Intrinsics(995.0, 995.0, 5000.0, 250.0))
 
 
-def test_rerender_reuses_what_did_not_change(engine, motorcycle, store):
+def test_rerender_reuses_what_did_not_change(stand_in_engine, motorcycle, store):
     image, intr = motorcycle
-    est = estimate(image, engine)
+    est = estimate(image, stand_in_engine)
     first = rerender(est, intr, store=store)
     # A colormap / colour-range change: no point cloud, no files, the same downloads.
     recoloured = rerender(est, intr, PipelineOptions(colormap="viridis", color_range=(1.0, 9.0)),
@@ -191,13 +186,13 @@ def test_rerender_reuses_what_did_not_change(engine, motorcycle, store):
     assert "write_ply" in filtered.timings_ms and "write_depth" not in filtered.timings_ms
     assert filtered.files.ply != first.files.ply and filtered.files.depth_npy == first.files.depth_npy
     assert filtered.points < first.points
-    assert read_ply(filtered.files.ply)[0][:, 2].max() <= 8.0
+    assert read_cloud(filtered.files.ply)[0][:, 2].max() <= 8.0
     # New intrinsics: everything again.
     moved = rerender(est, Intrinsics(intr.fx * 1.1, intr.fy * 1.1, intr.cx, intr.cy), store=store, previous=first)
     assert {"write_ply", "write_depth"} <= set(moved.timings_ms) and moved.files.depth_npy != first.files.depth_npy
     np.testing.assert_allclose(np.load(moved.files.depth_npy), np.load(first.files.depth_npy) * 1.1, rtol=1e-6)
     # A result of another Estimate, or files the store has dropped, are never reused.
-    other = rerender(estimate(image, engine), intr, store=store, previous=first)
+    other = rerender(estimate(image, stand_in_engine), intr, store=store, previous=first)
     assert other.files.depth_npy != first.files.depth_npy
     small = OutputStore(root=store.root, keep=1)
     kept = rerender(est, intr, store=small)
@@ -206,11 +201,11 @@ def test_rerender_reuses_what_did_not_change(engine, motorcycle, store):
     assert again.files.depth_npy.exists() and again.files.ply.exists() and again.files.folder != kept.files.folder
 
 
-def test_filters_and_colormap_options(engine, motorcycle):
+def test_filters_and_colormap_options(stand_in_engine, motorcycle):
     image, intr = motorcycle
-    full = run(image, intr, engine)
+    full = run(image, intr, stand_in_engine)
     lo, hi = np.nanpercentile(full.depth, [25, 75])
-    narrow = run(image, intr, engine, PipelineOptions(colormap="gray", color_range=(float(lo), float(hi)),
+    narrow = run(image, intr, stand_in_engine, PipelineOptions(colormap="gray", color_range=(float(lo), float(hi)),
                                                       cloud=CloudFilter(min_depth=lo, max_depth=hi, edge_threshold=0)))
     inside = int(((full.depth >= lo) & (full.depth <= hi)).sum())
     assert narrow.points == inside < full.points
@@ -219,9 +214,9 @@ def test_filters_and_colormap_options(engine, motorcycle):
     assert narrow.files is None  # no store, no files
 
 
-def test_measure_matches_hand_back_projection(engine, motorcycle):
+def test_measure_matches_hand_back_projection(stand_in_engine, motorcycle):
     image, intr = motorcycle
-    result = run(image, intr, engine)
+    result = run(image, intr, stand_in_engine)
     k, d = result.network_intrinsics, result.depth
     (u1, v1), (u2, v2) = (40, 100), (400, 300)
     p1 = np.array([(u1 - k.cx) / k.fx * d[v1, u1], (v1 - k.cy) / k.fy * d[v1, u1], d[v1, u1]])
@@ -229,9 +224,9 @@ def test_measure_matches_hand_back_projection(engine, motorcycle):
     assert measure(d, k, (u1, v1), (u2, v2)) == pytest.approx(float(np.linalg.norm(p1 - p2)), rel=1e-5)
 
 
-def test_measure_in_photo_pixels_uses_the_photo_intrinsics(engine, motorcycle):
+def test_measure_in_photo_pixels_uses_the_photo_intrinsics(stand_in_engine, motorcycle):
     image, intr = motorcycle
-    result = run(image, intr, engine)
+    result = run(image, intr, stand_in_engine)
     grid = result.grid_depth  # the photo's own grid here (741 x 500 is under the cap)
     (u1, v1), (u2, v2) = (10, 20), (700, 480)  # corners the centre square would never see
     p1 = np.array([(u1 - intr.cx) / intr.fx, (v1 - intr.cy) / intr.fy, 1.0]) * grid[v1, u1]
@@ -244,10 +239,10 @@ def test_measure_in_photo_pixels_uses_the_photo_intrinsics(engine, motorcycle):
         measure_photo(result, (741, 10), (5, 5))
 
 
-def test_bad_intrinsics_are_refused_before_inference(engine, motorcycle):
+def test_bad_intrinsics_are_refused_before_inference(stand_in_engine, motorcycle):
     image, _ = motorcycle
     with pytest.raises(IntrinsicsError, match="cx"):
-        run(image, Intrinsics(995.0, 995.0, 5000.0, 250.0), engine)
+        run(image, Intrinsics(995.0, 995.0, 5000.0, 250.0), stand_in_engine)
 
 
 class _NaNEngine:
@@ -269,7 +264,7 @@ class _NaNEngine:
         pass
 
 
-def test_non_finite_depth_is_reported(engine, motorcycle):
+def test_non_finite_depth_is_reported(stand_in_engine, motorcycle):
     image, intr = motorcycle
     with pytest.raises(EngineError, match="4480 non-finite depth values.*precision fp32"):
-        run(image, intr, _NaNEngine(engine))
+        run(image, intr, _NaNEngine(stand_in_engine))

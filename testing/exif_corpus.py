@@ -3,7 +3,7 @@
 Files fetched from public repositories may not be committed, so each case below re-creates
 the tags that matter (tiny pixels, Pillow's EXIF writer, an Olympus maker note built by hand)
 with values read from public EXIF sample collections; tests/data/README.md names the source
-of every value and derives each hand-made truth. `python -m tests._exif_corpus DIR` writes the
+of every value and derives each hand-made truth. `python -m testing.exif_corpus DIR` writes the
 files to DIR (to try `python -m backend.intrinsics DIR/*.jpg`).
 """
 from __future__ import annotations
