@@ -131,12 +131,13 @@ def distance_3d(depth: np.ndarray, intr: Intrinsics, p1: tuple[float, float], p2
 
     Each click is rounded to the nearest pixel for its depth and back-projected there.
     """
-    a = _point_at(depth, intr, p1)
-    b = _point_at(depth, intr, p2)
+    a = point_at(depth, intr, p1)
+    b = point_at(depth, intr, p2)
     return float(np.linalg.norm(a - b))
 
 
-def _point_at(depth: np.ndarray, intr: Intrinsics, p: tuple[float, float]) -> np.ndarray:
+def point_at(depth: np.ndarray, intr: Intrinsics, p: tuple[float, float]) -> np.ndarray:
+    """float64 [3] back-projection of the pixel nearest to p = (x, y); GeometryError outside or without depth."""
     height, width = depth.shape
     u, v = int(round(float(p[0]))), int(round(float(p[1])))
     if not (0 <= u < width and 0 <= v < height):

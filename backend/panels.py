@@ -5,8 +5,17 @@ the API returns the same facts the page shows.
 """
 from __future__ import annotations
 
+import re
+
 BUILD_COMMAND = "export ANDROID_NDK_HOME=/path/to/android-ndk; python -m device build-android"
 LOOK_AGAIN = "“Look for the phone again”"
+_LONG_PATH = re.compile(r"(?<![\w.:/])/(?:[^/\s,;:()'\"`]+/)+([^/\s,;:()'\"`]+/[^/\s,;:()'\"`]+)")
+
+
+def shorten_paths(text: str) -> str:
+    """Absolute paths cut to their last two parts ("…/lib/libLiteRt.so"): the page stays
+    readable and does not show the server's folder layout; the server log has them whole."""
+    return _LONG_PATH.sub(lambda m: "…/" + m.group(1) if m.group(0).count("/") > 3 else m.group(0), text)
 
 
 def _fmt(value: float | None, unit: str = "", digits: int = 2) -> str:
@@ -32,8 +41,8 @@ def info_markdown(info: dict) -> str:
     stages = " · ".join(f"{k} {v:.1f} ms" for k, v in info["timings_ms"].items())
     on_device = info.get("backend", {}).get("used") == "device"
     i, n = intr["image"], intr["network"]
-    notice = info["engine_details"].get("notice")
-    return "\n\n".join(([f"⚠️ {notice}"] if notice else []) + [
+    session = info.get("session")
+    return "\n\n".join(([session_line(session)] if session else []) + [
         f"**Engine:** {info['engine']} — {info['accelerator']}",
         f"**Model:** {model['name']} · `{model['file']}` · {model['precision']} · "
         f"sha256 `{model['sha256'][:12]}…`",
@@ -51,10 +60,34 @@ def info_markdown(info: dict) -> str:
     ])
 
 
+def session_line(session: dict) -> str:
+    """Which photo these results belong to, how often the network ran for it, the last re-render."""
+    parts = [f"**Photo:** {session['photo']}", f"network runs for this photo: {session['network_runs']}",
+             f"re-renders: {session['rerenders']}"]
+    if session.get("rerender_ms") is not None:
+        parts.append(f"last re-render {session['rerender_ms']:.0f} ms (no network run)")
+    return " · ".join(parts)
+
+
+def status_line(status: dict, choice: str) -> str:
+    """One calm line for the top of the page: where requests run now, and the way to the details."""
+    device, problem = status["device"], status["device_problem"]
+    if device and choice != "host":
+        return f"Pixel · {device['device']} · {device['accelerator']} · requests run on the phone ▸"
+    if choice == "host":
+        return "Host CPU · the Pixel is not used (Backend: Host) · where the network runs ▸"
+    if choice == "device":
+        return "Pixel chosen but not ready · requests fail until it is · details ▸"
+    if problem:
+        return "Host CPU · no phone connected · how to use a Pixel ▸"
+    return "Host CPU · looking for a phone · how to use a Pixel ▸"
+
+
 def _problem_markdown(problem: str) -> list[str]:
     """The reason the phone is not used: first line bold, runner log (if any) as a code block."""
+    problem = shorten_paths(problem)
     first, _, rest = problem.partition("\n")
-    lines = [f"⚠️ **{first}**"]
+    lines = [first]
     if rest.strip():
         lines.append(f"```text\n{rest.strip()}\n```")
     if "build-android" in problem:

@@ -15,11 +15,12 @@ import numpy as np
 
 from backend.colormap import colorize, robust_range, with_colorbar
 from backend.engine import Engine, EngineError, EngineInfo
-from backend.geometry import CloudFilter, depth_stats, distance_3d, metric_depth, point_cloud
+from backend.geometry import CloudFilter, depth_stats, distance_3d, metric_depth, point_at, point_cloud
 from backend.imageio import ExifCamera, LoadedImage
 from backend.intrinsics import CropResize, Intrinsics, crop_resize_for, map_to_network, validate
 from backend.outputs import OutputFiles, OutputStore, write_cloud, write_depth
 from backend.preprocess import crop_and_resize
+from backend.viewer import framing_radius
 
 StageCallback = Callable[[str, float], None]  # (what is about to happen, fraction done)
 HOST_PREPROCESS_STAGES = ("decode", "crop_resize")
@@ -42,7 +43,7 @@ class PipelineResult:
     colormap: np.ndarray  # uint8 [S, S + bar, 3]: `colored` with its colorbar in meters
     color_range: tuple[float, float]
     points: int
-    cloud_center_distance: float  # m from the camera to the cloud's bounding-box centre (viewer framing)
+    view_radius: float  # m from the cloud's bounding-box centre to the viewer's camera (backend.viewer)
     files: OutputFiles | None
     intrinsics: Intrinsics  # of the uploaded (upright) image
     network_intrinsics: Intrinsics  # of the S x S network image
@@ -98,16 +99,48 @@ def _finite_or_none(value: float) -> float | None:
     return round(float(value), 4) if math.isfinite(value) else None
 
 
-def run(image: LoadedImage, intrinsics: Intrinsics, engine: Engine, options: PipelineOptions = PipelineOptions(),
-        *, source: str = "entered by hand", store: OutputStore | None = None,
-        on_stage: StageCallback | None = None) -> PipelineResult:
-    """Run one photo through the network and derive everything the UI and the API return.
+@dataclass(frozen=True)
+class NetworkRun:
+    """What one network run leaves behind: enough to re-render everything without the network."""
 
-    Raises IntrinsicsError for unusable intrinsics and EngineError when the engine fails or
-    returns non-finite depth; both messages are written for the user.
+    canonical: np.ndarray  # float32 [S, S] canonical-camera depth (m at canonical_focal_px)
+    network_rgb: np.ndarray  # uint8 [S, S, 3]: what the network saw
+    crop: CropResize
+    image_size: tuple[int, int]  # (width, height) of the upright upload
+    engine: EngineInfo
+    timings_ms: dict[str, float]  # crop_resize and the engine's stages
+
+
+def infer(image: LoadedImage, engine: Engine, on_stage: StageCallback | None = None) -> NetworkRun:
+    """Crop/resize the photo and run the network once. Raises EngineError (message for the user)."""
+    notify = on_stage or (lambda _what, _fraction: None)
+    started = time.perf_counter()
+    crop = crop_resize_for(image.width, image.height, engine.input_size)
+    network_rgb = crop_and_resize(image.rgb, crop)
+    timings = {"crop_resize": (time.perf_counter() - started) * 1000.0}
+    notify("Running the depth network", 0.2)
+    inference = engine.infer(network_rgb)
+    timings.update(inference.timings_ms)
+    info = engine.info()
+    if not np.isfinite(inference.depth).all():
+        bad = int((~np.isfinite(inference.depth)).sum())
+        raise EngineError(f"The network returned {bad} non-finite depth values (NaN/inf) on "
+                          f"{info.engine}, {info.accelerator}, model precision {info.model.precision}.")
+    return NetworkRun(np.asarray(inference.depth, dtype=np.float32), network_rgb, crop,
+                      (image.width, image.height), info, timings)
+
+
+def render(net: NetworkRun, intrinsics: Intrinsics, options: PipelineOptions = PipelineOptions(), *,
+           source: str = "entered by hand", store: OutputStore | None = None,
+           on_stage: StageCallback | None = None) -> PipelineResult:
+    """Everything the UI and the API show, derived from one network run and the intrinsics.
+
+    Pure in its inputs (no network): metric depth and the cloud are exact functions of the
+    canonical depth and fx, fy, cx, cy, so option and intrinsics changes only re-render.
+    Raises IntrinsicsError for intrinsics that cannot describe the photo.
     """
     notify = on_stage or (lambda _what, _fraction: None)
-    timings: dict[str, float] = {}
+    timings = dict(net.timings_ms)
     clock = time.perf_counter()
 
     def lap(stage: str) -> None:
@@ -116,25 +149,11 @@ def run(image: LoadedImage, intrinsics: Intrinsics, engine: Engine, options: Pip
         timings[stage] = (now - clock) * 1000.0
         clock = now
 
-    width, height = image.width, image.height
+    width, height = net.image_size
     intrinsics = validate(intrinsics, width, height)
-    crop = crop_resize_for(width, height, engine.input_size)
-    net_intr = map_to_network(intrinsics, crop)
-    network_rgb = crop_and_resize(image.rgb, crop)
-    lap("crop_resize")
-
-    notify("Running the depth network", 0.2)
-    inference = engine.infer(network_rgb)
-    timings.update(inference.timings_ms)
-    clock = time.perf_counter()
-    if not np.isfinite(inference.depth).all():
-        bad = int((~np.isfinite(inference.depth)).sum())
-        info = engine.info()
-        raise EngineError(f"The network returned {bad} non-finite depth values (NaN/inf) on "
-                          f"{info.engine}, {info.accelerator}, model precision {info.model.precision}.")
-
+    net_intr = map_to_network(intrinsics, net.crop)
     notify("Scaling to meters and colouring", 0.7)
-    depth = metric_depth(inference.depth, net_intr.fx, engine.info().model.canonical_focal_px)
+    depth = metric_depth(net.canonical, net_intr.fx, net.engine.model.canonical_focal_px)
     lap("metric_scale")
     vmin, vmax = options.color_range
     if vmin is None or vmax is None:
@@ -146,10 +165,12 @@ def run(image: LoadedImage, intrinsics: Intrinsics, engine: Engine, options: Pip
     lap("colormap")
 
     notify("Building the point cloud", 0.8)
-    xyz, rgb = point_cloud(depth, network_rgb, net_intr, options.cloud)
+    xyz, rgb = point_cloud(depth, net.network_rgb, net_intr, options.cloud)
+    view_radius = framing_radius(xyz * np.array([-1.0, -1.0, 1.0], dtype=np.float32))
     lap("point_cloud")
     files = None
     if store is not None:
+        notify("Writing the files", 0.9)
         folder = store.new_folder()
         ply, view_ply = write_cloud(folder, xyz, rgb)
         lap("write_ply")
@@ -158,23 +179,24 @@ def run(image: LoadedImage, intrinsics: Intrinsics, engine: Engine, options: Pip
         files = OutputFiles(folder, npy, png, ply, view_ply)
     stats = depth_stats(depth)
     return PipelineResult(
-        depth=depth, network_rgb=network_rgb, colored=colored, colormap=colormap,
-        color_range=(float(vmin), float(vmax)), points=int(len(xyz)),
-        cloud_center_distance=_bbox_center_distance(xyz), files=files,
-        intrinsics=intrinsics, network_intrinsics=net_intr, intrinsics_source=source, crop=crop,
-        image_size=(width, height), stats=stats, timings_ms=timings, engine=engine.info(),
+        depth=depth, network_rgb=net.network_rgb, colored=colored, colormap=colormap,
+        color_range=(float(vmin), float(vmax)), points=int(len(xyz)), view_radius=view_radius, files=files,
+        intrinsics=intrinsics, network_intrinsics=net_intr, intrinsics_source=source, crop=net.crop,
+        image_size=(width, height), stats=stats, timings_ms=timings, engine=net.engine,
     )
 
 
-def _bbox_center_distance(xyz: np.ndarray) -> float:
-    """Distance from the camera to the cloud's bounding-box centre, to frame the 3D viewer.
+def run(image: LoadedImage, intrinsics: Intrinsics, engine: Engine, options: PipelineOptions = PipelineOptions(),
+        *, source: str = "entered by hand", store: OutputStore | None = None,
+        on_stage: StageCallback | None = None) -> PipelineResult:
+    """Run one photo through the network and derive everything the UI and the API return.
 
-    Column by column: numpy's axis-0 min/max over an [N, 3] array is ~20x slower.
+    Raises IntrinsicsError for unusable intrinsics (before the network runs) and EngineError
+    when the engine fails or returns non-finite depth; both messages are written for the user.
     """
-    if not len(xyz):
-        return 1.0
-    center = [(xyz[:, i].min() + xyz[:, i].max()) / 2 for i in range(3)]
-    return float(np.linalg.norm(center))
+    validate(intrinsics, image.width, image.height)
+    return render(infer(image, engine, on_stage), intrinsics, options, source=source, store=store,
+                  on_stage=on_stage)
 
 
 def warm_up(engine: Engine, options: PipelineOptions = PipelineOptions()) -> None:
@@ -188,3 +210,14 @@ def measure(depth: np.ndarray, network_intrinsics: Intrinsics,
             p1: tuple[float, float], p2: tuple[float, float]) -> float:
     """3D distance in meters between two clicked pixels (x, y) of the network-size depth map."""
     return distance_3d(depth, network_intrinsics, p1, p2)
+
+
+def network_to_photo(crop: CropResize, u: float, v: float) -> tuple[float, float]:
+    """A network-image pixel (u, v) in the upright photo's pixels: the inverse of the
+    pixel-centre-preserving resize (backend.intrinsics): src = x0 + (dst + 0.5) / k - 0.5."""
+    return crop.x0 + (u + 0.5) / crop.scale - 0.5, crop.y0 + (v + 0.5) / crop.scale - 0.5
+
+
+def camera_point(depth: np.ndarray, network_intrinsics: Intrinsics, u: float, v: float) -> np.ndarray:
+    """float64 [3] camera-frame point (m, OpenCV axes) under network pixel (u, v); GeometryError if none."""
+    return point_at(depth, network_intrinsics, (u, v))
