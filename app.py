@@ -43,14 +43,15 @@ from backend import serving  # noqa: E402
 from backend.colormap import COLORMAPS  # noqa: E402
 from backend.engine import EngineError  # noqa: E402
 from backend.examples import ExampleCatalog, suggest_intrinsics  # noqa: E402
-from backend.geometry import MAX_METRIC_DEPTH, CloudFilter, GeometryError, metric_depth  # noqa: E402
+from backend.framing import DEFAULT_FIELD_OF_VIEW, FIELDS_OF_VIEW  # noqa: E402
+from backend.geometry import MAX_METRIC_DEPTH, CloudFilter, GeometryError, metric_depth, point_at  # noqa: E402
 from backend.imageio import ImageError, LoadedImage, load_image  # noqa: E402
-from backend.intrinsics import PRESETS, Intrinsics, IntrinsicsError, map_to_network, validate  # noqa: E402
+from backend.intrinsics import PRESETS, Intrinsics, IntrinsicsError, validate  # noqa: E402
 from backend.model_files import ModelNotFound, resolve_model  # noqa: E402
-from backend.outputs import OutputStore  # noqa: E402
+from backend.outputs import MAX_PNG_MM, OutputStore  # noqa: E402
 from backend.panels import info_markdown, status_line, status_markdown  # noqa: E402
 from backend.pipeline import (  # noqa: E402
-    NetworkRun, PipelineOptions, PipelineResult, camera_point, infer, network_to_photo, render, warm_up)
+    Estimate, PipelineOptions, PipelineResult, rerender as rerender_result, run, warm_up)
 from backend.viewer import VIEW_ANGLES_DEG  # noqa: E402
 from device.adb import DEFAULT_ADB_PORT  # noqa: E402
 from device.backends import BACKEND_LABELS, BACKENDS, Backends, Pick, runner_files_in  # noqa: E402
@@ -180,7 +181,7 @@ def read_intrinsics(fx, fy, cx, cy) -> Intrinsics:
     return Intrinsics(*(_number(n, v) for n, v in zip(("fx", "fy", "cx", "cy"), (fx, fy, cx, cy))))
 
 
-def read_options(cmap, min_depth, max_depth, edge, voxel) -> PipelineOptions:
+def read_options(cmap, min_depth, max_depth, edge, voxel, fov: str = DEFAULT_FIELD_OF_VIEW) -> PipelineOptions:
     """The display and point-cloud fields as PipelineOptions; each bad field is named."""
     near = _number("Nearest point kept", min_depth, "meters")
     far = _number("Farthest point kept", max_depth, "meters")
@@ -191,9 +192,11 @@ def read_options(cmap, min_depth, max_depth, edge, voxel) -> PipelineOptions:
         raise IntrinsicsError(f"The kept depth range is empty: nearest {near:g} m ≥ farthest {far:g} m.")
     if cmap not in COLORMAPS:
         raise IntrinsicsError(f"Unknown colormap {cmap!r}; choose one of {', '.join(COLORMAPS)}.")
-    return PipelineOptions(colormap=cmap, cloud=CloudFilter(min_depth=near, max_depth=far,
-                                                            edge_threshold=float(edge or 0.0),
-                                                            voxel_size=float(voxel or 0.0)))
+    if fov not in FIELDS_OF_VIEW:
+        raise IntrinsicsError(f"Unknown field of view {fov!r}; choose one of {', '.join(FIELDS_OF_VIEW.values())}.")
+    return PipelineOptions(colormap=cmap, field_of_view=fov,
+                           cloud=CloudFilter(min_depth=near, max_depth=far, edge_threshold=float(edge or 0.0),
+                                             voxel_size=float(voxel or 0.0)))
 
 
 # ----------------------------------------------------------------------------- the request
@@ -210,8 +213,7 @@ def decode(path: str | None) -> tuple[LoadedImage, float]:
 
 @dataclass(frozen=True)
 class Computed:
-    net: NetworkRun
-    result: PipelineResult
+    result: PipelineResult  # result.estimate: the network's canonical depth, kept for re-rendering
     pick: Pick
 
 
@@ -223,16 +225,16 @@ def compute(ctx: AppContext, path: str | None, intrinsics: Intrinsics, options: 
     notify("Decoding the photo", 0.05)
     image, decode_ms = decode(path)
     validate(intrinsics, image.width, image.height)  # before the network: a typo costs no run
-    notify("Preparing the network input", 0.1)
+    notify("Framing the photo for the network", 0.1)
 
-    def work(pick: Pick) -> tuple[NetworkRun, PipelineResult]:
+    def work(pick: Pick) -> PipelineResult:
         where = "the Pixel" if pick.where == "device" else "the host CPU"
-        net = infer(image, pick.engine, lambda what, f: notify(f"{what} on {where}", f))
-        net = replace(net, timings_ms={"decode": decode_ms, **net.timings_ms})
-        return net, render(net, intrinsics, options, source=source, store=ctx.store, on_stage=notify)
+        return run(image, intrinsics, pick.engine, options, source=source, store=ctx.store,
+                   on_stage=lambda what, f: notify(f"{what} on {where}" if "network" in what else what, f))
 
-    (net, result), pick = ctx.backends.run(choice, work)
-    return Computed(net, result, pick)
+    result, pick = ctx.backends.run(choice, work)
+    result.timings_ms["decode"] = decode_ms
+    return Computed(result, pick)
 
 
 def backend_info(info: dict, choice: str, pick: Pick, with_notice: bool) -> dict:
@@ -283,11 +285,12 @@ def look_for_phone_api(ctx: AppContext) -> dict:
 @dataclass(frozen=True)
 class PhotoResult:
     """What a browser session keeps of its current photo (gr.State): one network run (the
-    448² canonical depth, the network image and the crop), the last good intrinsics and
-    options, the measure clicks and counters. Never the upload itself."""
+    Estimate: canonical depth on the network grid and on the download grid, the network image,
+    the framing), the last good intrinsics and options, the measure clicks and counters.
+    Never the upload itself."""
 
     photo: str
-    net: NetworkRun
+    estimate: Estimate
     backend: dict
     intrinsics: Intrinsics
     source: str
@@ -295,7 +298,7 @@ class PhotoResult:
     network_runs: int = 1
     rerenders: int = 0
     rerender_ms: float | None = None
-    clicks: tuple[tuple[float, float], ...] = field(default_factory=tuple)  # network pixels, at most 2
+    clicks: tuple[tuple[float, float], ...] = field(default_factory=tuple)  # network-image pixels, at most 2
     failed: str = ""  # the inputs of the last failed request, so one mistake gives one toast
 
 
@@ -382,9 +385,12 @@ def _shown(state: PhotoResult, result: PipelineResult) -> tuple:
     info["backend"] = state.backend
     info["session"] = {"photo": state.photo, "network_runs": state.network_runs, "rerenders": state.rerenders,
                        "rerender_ms": None if state.rerender_ms is None else round(state.rerender_ms, 1)}
-    files = [str(result.files.depth_npy), str(result.files.depth_png), str(result.files.ply)]
-    picture = measure_image(state.net) if state.rerenders == 0 else gr.skip()  # same picture: clicks stay
-    return (result.colormap, (result.network_rgb, result.colored), _viewer(result), picture, measure_readout(state),
+    files = [str(result.files.depth_npy), str(result.files.depth_png), str(result.files.intrinsics_json),
+             str(result.files.ply)]
+    picture = measure_image(state.estimate) if state.rerenders == 0 else gr.skip()  # same picture: clicks stay
+    content = result.framing.content
+    return (result.colormap, (result.network_rgb[content], result.colored[content]), _viewer(result), picture,
+            measure_readout(state),
             files, info_markdown(info), info, state, "")
 
 
@@ -407,21 +413,21 @@ def _kept(title: str, exc: Exception, state: PhotoResult | None, attempt: str) -
     return (*(gr.skip(),) * 8, new_state, f"⚠️ **{title}:** {message}{kept}")
 
 
-def estimate(ctx: AppContext, path, fx, fy, cx, cy, source, cmap, min_depth, max_depth, edge, voxel, choice,
+def estimate(ctx: AppContext, path, fx, fy, cx, cy, source, cmap, min_depth, max_depth, edge, voxel, fov, choice,
              state: PhotoResult | None, progress=gr.Progress()):
     """Estimate depth button: run the network on the photo, keep the run for re-rendering."""
     choice = choice or ctx.default_backend
     try:
         intrinsics = read_intrinsics(fx, fy, cx, cy)
-        options = read_options(cmap, min_depth, max_depth, edge, voxel)
+        options = read_options(cmap, min_depth, max_depth, edge, voxel, fov)
         done = compute(ctx, path, intrinsics, options, choice, source or "Entered by hand",
                        lambda what, f: progress(f, desc=what))
     except USER_ERRORS as exc:
-        attempt = repr(("estimate", path, fx, fy, cx, cy, cmap, min_depth, max_depth, edge, voxel, choice))
+        attempt = repr(("estimate", path, fx, fy, cx, cy, cmap, min_depth, max_depth, edge, voxel, fov, choice))
         return (*_kept("Cannot compute depth", exc, state, attempt), *show_status(ctx, choice))
     runs = state.network_runs + 1 if state is not None and state.photo == _photo_name(path) else 1
-    new = PhotoResult(_photo_name(path), done.net, {"requested": choice, "used": done.pick.where}, intrinsics,
-                      source or "Entered by hand", options, network_runs=runs)
+    new = PhotoResult(_photo_name(path), done.result.estimate, {"requested": choice, "used": done.pick.where},
+                      intrinsics, source or "Entered by hand", options, network_runs=runs)
     return (*_shown(new, done.result), *show_status(ctx, choice))
 
 
@@ -434,7 +440,9 @@ def rerender(ctx: AppContext, fx, fy, cx, cy, source, cmap, min_depth, max_depth
     try:
         intrinsics = read_intrinsics(fx, fy, cx, cy)
         options = read_options(cmap, min_depth, max_depth, edge, voxel)
-        result = render(state.net, intrinsics, options, source=source or "Entered by hand", store=ctx.store)
+        options = replace(options, field_of_view=state.estimate.framing.mode)  # a new view needs the network
+        result = rerender_result(state.estimate, intrinsics, options, source=source or "Entered by hand",
+                                 store=ctx.store)
     except USER_ERRORS as exc:
         return _kept("Cannot redraw", exc, state, repr((fx, fy, cx, cy, cmap, min_depth, max_depth, edge, voxel)))
     new = replace(state, intrinsics=intrinsics, source=source or "Entered by hand", options=options,
@@ -442,16 +450,29 @@ def rerender(ctx: AppContext, fx, fy, cx, cy, source, cmap, min_depth, max_depth
     return _shown(new, result)
 
 
+def field_of_view_changed(ctx: AppContext, fov: str, state: PhotoResult | None):
+    """The field of view changes what the network sees: that needs a network run, so it waits
+    for the button (the results on screen stay, marked as the old view's)."""
+    if state is None or state.estimate.framing.mode == fov:
+        return ""
+    return (f"Field of view: **{FIELDS_OF_VIEW.get(fov, fov)}** — press **Estimate depth** to run the network on "
+            f"it. The results below are still **{state.photo}** in the "
+            f"{FIELDS_OF_VIEW[state.estimate.framing.mode]} view.")
+
+
 def _metric(state: PhotoResult) -> tuple[np.ndarray, Intrinsics]:
-    net_intr = map_to_network(state.intrinsics, state.net.crop)
-    return metric_depth(state.net.canonical, net_intr.fx, state.net.engine.model.canonical_focal_px), net_intr
+    """Metric depth on the network grid (NaN on padding) and its intrinsics, for the measure tool."""
+    net_intr = state.estimate.framing.network_intrinsics(state.intrinsics)
+    return metric_depth(state.estimate.canonical, net_intr.fx, state.estimate.canonical_focal), net_intr
 
 
-def measure_image(net: NetworkRun) -> np.ndarray:
-    """The picture to click on: the network image at MEASURE_SCALE x (the browser draws the markers)."""
-    height, width = net.network_rgb.shape[:2]
-    return np.asarray(Image.fromarray(net.network_rgb).resize((width * MEASURE_SCALE, height * MEASURE_SCALE),
-                                                              Image.Resampling.BILINEAR))
+def measure_image(est: Estimate) -> np.ndarray:
+    """The picture to click on: the part of the network image that shows the photo, at
+    MEASURE_SCALE x (the browser draws the markers)."""
+    picture = est.network_rgb[est.framing.content]
+    height, width = picture.shape[:2]
+    return np.asarray(Image.fromarray(np.ascontiguousarray(picture)).resize(
+        (width * MEASURE_SCALE, height * MEASURE_SCALE), Image.Resampling.BILINEAR))
 
 
 def measure_readout(state: PhotoResult) -> str:
@@ -462,9 +483,9 @@ def measure_readout(state: PhotoResult) -> str:
     depth, net_intr = _metric(state)
     lines, points = [], []
     for number, (u, v) in enumerate(state.clicks, 1):
-        px, py = network_to_photo(state.net.crop, u, v)
+        px, py = (float(c) for c in state.estimate.framing.network_to_photo(u, v))
         try:
-            point = camera_point(depth, net_intr, u, v)
+            point = point_at(depth, net_intr, (u, v))
         except GeometryError as exc:
             lines.append(f"Point {number} at photo pixel ({px:.0f}, {py:.0f}): {exc}")
             continue
@@ -491,7 +512,9 @@ def measure_clicks(ctx: AppContext, clicks: str, state: PhotoResult | None):
         points = [(float(x), float(y)) for x, y in doc.get("points", [])][-2:]
     except (ValueError, TypeError):
         return gr.skip(), gr.skip()
-    new = replace(state, clicks=tuple((x / MEASURE_SCALE - 0.5, y / MEASURE_SCALE - 0.5) for x, y in points))
+    framing = state.estimate.framing
+    new = replace(state, clicks=tuple((x / MEASURE_SCALE - 0.5 + framing.left, y / MEASURE_SCALE - 0.5 + framing.top)
+                                      for x, y in points))
     return measure_readout(new), new
 
 
@@ -574,6 +597,10 @@ def build_demo(keep_results_s: int = serving.DEFAULT_RESULT_MAX_AGE_S) -> gr.Blo
                         cx = gr.Textbox(label="cx (px)", placeholder="from the photo", min_width=80)
                         cy = gr.Textbox(label="cy (px)", placeholder="from the photo", min_width=80)
                     source_md = gr.Markdown(EMPTY_HINT)
+                    fov = gr.Radio([(label, value) for value, label in FIELDS_OF_VIEW.items()],
+                                   value=DEFAULT_FIELD_OF_VIEW, label="Field of view",
+                                   info="Full photo: the whole frame, padded to the network's square. "
+                                        "Centre square: the middle square only.")
                 with gr.Accordion("Display and point-cloud options (redraw at once, no network run)", open=False):
                     cmap = gr.Dropdown(list(COLORMAPS), value="turbo", label="Colormap")
                     with gr.Row():
@@ -601,9 +628,11 @@ def build_demo(keep_results_s: int = serving.DEFAULT_RESULT_MAX_AGE_S) -> gr.Blo
                     info_md = gr.Markdown(NO_RESULT, elem_id="info-text")
                     with gr.Accordion("All details (JSON, as the API returns them)", open=False):
                         info_json = gr.JSON(label="All details", open=True)
-                downloads = gr.File(label="Downloads: depth .npy (m), depth 16-bit PNG (mm), point cloud .ply "
-                                          "(m, camera axes)", file_count="multiple", interactive=False)
-                slider = gr.ImageSlider(label="Photo (network crop) vs depth", type="numpy", interactive=False)
+                downloads = gr.File(label=f"Downloads at the photo's resolution: depth .npy (m), depth 16-bit PNG "
+                                          f"(mm; 0 = no depth or beyond {MAX_PNG_MM / 1000:g} m), intrinsics.json "
+                                          "(their K), point cloud .ply (m, camera axes)",
+                                    file_count="multiple", interactive=False)
+                slider = gr.ImageSlider(label="What the network saw vs depth", type="numpy", interactive=False)
 
         results = [colormap, slider, cloud, measure_img, measure_md, downloads, info_md, info_json, photo_state,
                    notice_md]
@@ -629,8 +658,10 @@ def build_demo(keep_results_s: int = serving.DEFAULT_RESULT_MAX_AGE_S) -> gr.Blo
         for slider_input in (edge, voxel):
             slider_input.release(with_context(rerender), render_inputs, results, **redraw)
         run_btn.click(with_context(estimate),
-                      [image, fx, fy, cx, cy, source_state, cmap, min_depth, max_depth, edge, voxel, backend,
+                      [image, fx, fy, cx, cy, source_state, cmap, min_depth, max_depth, edge, voxel, fov, backend,
                        photo_state], [*results, *status_out], **private, **depth_pool)
+        fov.input(with_context(field_of_view_changed), [fov, photo_state], [notice_md], concurrency_limit=light,
+                  **private)
         clicks_btn.click(with_context(measure_clicks), [clicks_box, photo_state], [measure_md, photo_state],
                          js="(clicks, state) => [window.metric3dMeasureClicks(), state]",
                          trigger_mode="always_last", show_progress="hidden", concurrency_limit=light, **private)

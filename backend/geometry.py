@@ -63,7 +63,11 @@ def backproject(depth: np.ndarray, intr: Intrinsics) -> np.ndarray:
 
 
 def edge_mask(depth: np.ndarray, threshold: float) -> np.ndarray:
-    """True where a pixel's depth jumps by more than threshold x its depth to a 4-neighbour."""
+    """True where a pixel's depth jumps by more than threshold x its depth to a 4-neighbour.
+
+    A neighbour without depth (NaN: padding, outside the photo) is no edge: the pixel next to
+    it keeps its point, and the NaN pixel itself fails the range filter.
+    """
     d = np.asarray(depth, dtype=np.float32)
     edges = np.zeros(d.shape, dtype=bool)
     if threshold <= 0:
@@ -72,10 +76,10 @@ def edge_mask(depth: np.ndarray, threshold: float) -> np.ndarray:
         jump_x = np.abs(np.diff(d, axis=1))
         jump_y = np.abs(np.diff(d, axis=0))
         limit = threshold * d
-        edges[:, :-1] |= ~(jump_x <= limit[:, :-1])
-        edges[:, 1:] |= ~(jump_x <= limit[:, 1:])
-        edges[:-1, :] |= ~(jump_y <= limit[:-1, :])
-        edges[1:, :] |= ~(jump_y <= limit[1:, :])
+        edges[:, :-1] |= jump_x > limit[:, :-1]
+        edges[:, 1:] |= jump_x > limit[:, 1:]
+        edges[:-1, :] |= jump_y > limit[:-1, :]
+        edges[1:, :] |= jump_y > limit[1:, :]
     return edges
 
 
@@ -137,7 +141,8 @@ def distance_3d(depth: np.ndarray, intr: Intrinsics, p1: tuple[float, float], p2
 
 
 def point_at(depth: np.ndarray, intr: Intrinsics, p: tuple[float, float]) -> np.ndarray:
-    """float64 [3] back-projection of the pixel nearest to p = (x, y); GeometryError outside or without depth."""
+    """float64 [3] camera-frame point (m) under pixel p = (x, y) of `depth`, rounded to the nearest
+    pixel; raises GeometryError outside the map or where there is no depth."""
     height, width = depth.shape
     u, v = int(round(float(p[0]))), int(round(float(p[1])))
     if not (0 <= u < width and 0 <= v < height):

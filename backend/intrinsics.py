@@ -1,5 +1,5 @@
 """Camera intrinsics: where they come from (EXIF, presets, sidecar files, the user) and how
-they follow the image into the network's square crop.
+they are checked. (How they follow the photo into the network image: backend.framing.)
 
 Pixel convention (OpenCV): pixel (u, v) has its centre at integer coordinates (u, v); a ray
 through it has direction ((u - cx) / fx, (v - cy) / fy, 1). The image spans
@@ -7,11 +7,6 @@ through it has direction ((u - cx) / fx, (v - cy) / fy, 1). The image spans
 which is what the presets and EXIF use for the principal point (half a pixel from the
 popular W / 2; it makes the network-resolution principal point land exactly on the
 centre of the network image).
-
-The network sees a centre square crop of side s = min(W, H), resized to `size`. The resize
-(backend.preprocess.crop_and_resize, Pillow) maps pixel centres onto pixel centres:
-src = x0 + (dst + 0.5) * s / size - 0.5. Hence at network resolution
-fx' = fx * size / s and cx' = (cx - x0 + 0.5) * size / s - 0.5 (same for y).
 """
 from __future__ import annotations
 
@@ -54,21 +49,6 @@ class IntrinsicsChoice:
 
     intrinsics: Intrinsics
     source: str
-
-
-@dataclass(frozen=True)
-class CropResize:
-    """The centre square crop [x0, x0 + side) x [y0, y0 + side) resized to size x size."""
-
-    x0: int
-    y0: int
-    side: int
-    size: int
-
-    @property
-    def scale(self) -> float:
-        """Network pixels per original pixel."""
-        return self.size / self.side
 
 
 def validate(intr: Intrinsics, width: int, height: int) -> Intrinsics:
@@ -184,23 +164,6 @@ PRESETS: dict[str, Callable[[int, int], IntrinsicsChoice]] = {
     PIXEL_8A_PRESET: _pixel_8a,
     ASSUMED_FOV_PRESET: _assumed_fov,
 }
-
-
-def crop_resize_for(width: int, height: int, size: int) -> CropResize:
-    """The centre square crop of side min(W, H) that the network sees, resized to size."""
-    side = min(width, height)
-    return CropResize(x0=(width - side) // 2, y0=(height - side) // 2, side=side, size=size)
-
-
-def map_to_network(intr: Intrinsics, crop: CropResize) -> Intrinsics:
-    """Intrinsics of the network image (pixel-centre-preserving resize, see module docstring)."""
-    k = crop.scale
-    return Intrinsics(
-        fx=intr.fx * k,
-        fy=intr.fy * k,
-        cx=(intr.cx - crop.x0 + 0.5) * k - 0.5,
-        cy=(intr.cy - crop.y0 + 0.5) * k - 0.5,
-    )
 
 
 def load_sidecar(image_path: str | os.PathLike) -> IntrinsicsChoice | None:

@@ -42,22 +42,38 @@ def info_markdown(info: dict) -> str:
     on_device = info.get("backend", {}).get("used") == "device"
     i, n = intr["image"], intr["network"]
     session = info.get("session")
-    return "\n\n".join(([session_line(session)] if session else []) + [
+    downloads = info.get("downloads")
+    rows = [f"| photo ({info['image']['width']}×{info['image']['height']}) | {i['fx']:.1f} | {i['fy']:.1f} | "
+            f"{i['cx']:.1f} | {i['cy']:.1f} |",
+            f"| network ({info['image']['network_size']}²) | {n['fx']:.1f} | {n['fy']:.1f} | {n['cx']:.1f} | "
+            f"{n['cy']:.1f} |"]
+    if downloads and "downloads" in intr:
+        d = intr["downloads"]
+        rows.append(f"| downloads ({downloads['width']}×{downloads['height']}) | {d['fx']:.1f} | {d['fy']:.1f} | "
+                    f"{d['cx']:.1f} | {d['cy']:.1f} |")
+    lines = ([session_line(session)] if session else []) + [
         f"**Engine:** {info['engine']} — {info['accelerator']}",
         f"**Model:** {model['name']} · `{model['file']}` · {model['precision']} · "
         f"sha256 `{model['sha256'][:12]}…`",
         f"**Model origin:** {kind}",
-        f"**Intrinsics source:** {intr['source']}",
-        f"| | fx | fy | cx | cy |\n|---|---|---|---|---|\n"
-        f"| photo ({info['image']['width']}×{info['image']['height']}) | {i['fx']:.1f} | {i['fy']:.1f} | "
-        f"{i['cx']:.1f} | {i['cy']:.1f} |\n"
-        f"| network ({info['image']['network_size']}²) | {n['fx']:.1f} | {n['fy']:.1f} | {n['cx']:.1f} | "
-        f"{n['cy']:.1f} |",
+        f"**Intrinsics source:** {intr['source']}"
+        + (f" · **Field of view:** {info['image']['field_of_view']}" if "field_of_view" in info["image"] else ""),
+        "| | fx | fy | cx | cy |\n|---|---|---|---|---|\n" + "\n".join(rows),
         f"**Depth (m):** min {_fmt(depth['min'])} · median {_fmt(depth['median'])} · max {_fmt(depth['max'])}"
         f" · 2–98 % {_fmt(depth['p2'])}–{_fmt(depth['p98'])} · {info['points']:,} points",
-        timing_line(info["timings_split_ms"], on_device),
-        f"*Stages:* {stages}",
-    ])
+    ]
+    if downloads:
+        lines.append(png_line(downloads))
+    return "\n\n".join(lines + [timing_line(info["timings_split_ms"], on_device), f"*Stages:* {stages}"])
+
+
+def png_line(downloads: dict) -> str:
+    """What the 16-bit PNG cannot hold: depths beyond its far limit are written as 0 ("no depth")."""
+    limit, beyond = downloads["png_far_limit_m"], downloads["beyond_png_range_pixels"]
+    if not beyond:
+        return f"**Depth PNG:** every depth fits its {limit:g} m range (mm in 16 bits)."
+    return (f"**Depth PNG:** {beyond:,} pixels lie beyond its {limit:g} m limit and are written as 0 "
+            "(“no depth”); the .npy keeps their depth.")
 
 
 def session_line(session: dict) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from backend.host_engine import HostEngine
 from backend.model_info import read_model_info
 from benchmarks.conversion import full_model_command, measure_conversion, stand_in_command
-from benchmarks.host_post import measure_host_post, measure_host_pre
+from benchmarks.host_post import measure_host_post, measure_host_pre, measure_rerender
 from benchmarks.link import measure_link
 from benchmarks.machine import machine_info
 from benchmarks.model_speed import measure_model_speed
@@ -94,6 +94,8 @@ def run_all(quick: bool, model: Path | None, threads: int, cache: Path = CACHE) 
     try:
         results.update(measure_host_pre(host.input_size, repeats.host))
         results.update(measure_host_post(host, repeats.host))
+        _say("live re-render from kept canonical depth (448² and 12 MP photos)")
+        results.update(measure_rerender(host, repeats.host))
     finally:
         host.close()
 

@@ -98,7 +98,7 @@ def test_requests_on_both_backends_at_once_all_succeed(pixel_app):
         results = list(pool.map(lambda c: _predict(client, c), choices))
     used = [info["backend"]["used"] for *_, info in results]
     assert used == ["device", "host", "device", "device", "host", "device"]
-    assert all(np.load(npy).shape == (448, 448) for _, _, npy, _ in results)
+    assert all(np.load(npy).shape == (500, 741) for _, _, npy, _ in results)  # the photo's own grid
 
 
 def test_the_status_panel_in_the_browser(pixel_app, phone):
@@ -176,7 +176,7 @@ def test_without_the_android_build_the_app_says_how_to_build_it(stand_in_model, 
     assert "python -m device build-android" in status["device_problem"]
     assert info["engine"] == "Host LiteRT" and info["backend"]["used"] == "host"
     assert info["engine_details"]["notice"].startswith("Pixel not available: The Pixel runner is not built yet")
-    assert np.load(npy).shape == (448, 448)
+    assert np.load(npy).shape == (500, 741)
 
     refused = run_app_to_exit(stand_in_model, ["--backend", "device"], env)
     assert refused.returncode == 2

@@ -74,7 +74,7 @@ def test_an_oversize_upload_is_refused_with_the_limit_then_the_app_still_works(s
                            timeout=60)
     assert reply.status_code == 413 and f"maximum allowed size of {serving.MAX_UPLOAD_BYTES} bytes" in reply.text
     _, _, npy, _ = _predict(client, MOTORCYCLE)
-    assert np.load(npy).shape == (448, 448)
+    assert np.load(npy).shape == (500, 741)
 
 
 def test_uploads_and_results_stay_in_a_private_folder_and_expire(served):

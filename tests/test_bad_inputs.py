@@ -18,6 +18,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
+from backend.framing import download_grid
 from backend.host_engine import HostEngine
 from backend.imageio import ExifCamera, ImageError, LoadedImage, load_image
 from backend.intrinsics import Intrinsics, IntrinsicsError, centered
@@ -95,7 +96,7 @@ def _missing_words(message: str, words: tuple[str, ...]) -> list[str]:
 def _assert_still_serving(client: Client) -> None:
     _, _, npy, info = _predict(client, MOTORCYCLE, _photo_intrinsics())
     depth = np.load(npy)
-    assert depth.shape == (448, 448) and np.isfinite(depth).all() and depth.min() > 0
+    assert depth.shape == (500, 741) and np.isfinite(depth).all() and depth.min() > 0
     assert (info["image"]["width"], info["image"]["height"]) == (741, 500)
 
 
@@ -143,7 +144,10 @@ def test_backend_explains_bad_files_and_decodes_odd_ones(case: ImageCase, engine
         assert np.abs(got - want).max() <= case.tolerance, f"pixel ({x}, {y}) is {got.tolist()}, expected {want}"
     result = run(image, _centred_for(image.width, image.height), engine)
     assert result.image_size == case.size
-    assert result.depth.shape == (448, 448) and np.isfinite(result.depth).all()
+    # Full photo: depth on every network pixel that shows the photo, and on every download pixel.
+    assert result.depth.shape == (448, 448) and np.isfinite(result.depth[result.valid]).all()
+    grid = download_grid(*case.size)  # the photo's own size, long side capped at 2048
+    assert np.isfinite(result.grid_depth).all() and result.grid_depth.shape == (grid.height, grid.width)
 
 
 @pytest.mark.parametrize("case", INTRINSICS_CASES, ids=[c.name for c in INTRINSICS_CASES])
@@ -157,10 +161,13 @@ def test_backend_explains_impossible_cameras(case: IntrinsicsCase, engine):
         assert not _missing_words(str(err.value), words), str(err.value)
         return
     result = run(image, intrinsics, engine)
-    side = min(INTRINSICS_IMAGE_SIZE)
-    assert result.network_intrinsics.fx == pytest.approx(case.values[0] * 448 / side)
-    assert result.network_intrinsics.fy == pytest.approx(case.values[1] * 448 / side)
-    assert np.isfinite(result.depth).all()
+    # Full photo: the long side becomes 448, the short side round(short x 448 / long).
+    width, height = INTRINSICS_IMAGE_SIZE
+    long_side = max(width, height)
+    content_w, content_h = (round(width * 448 / long_side), round(height * 448 / long_side))
+    assert result.network_intrinsics.fx == pytest.approx(case.values[0] * content_w / width)
+    assert result.network_intrinsics.fy == pytest.approx(case.values[1] * content_h / height)
+    assert np.isfinite(result.depth[result.valid]).all()
 
 
 # ----------------------------------------------------------------------------- the API

@@ -79,10 +79,10 @@ def test_the_conversion_was_measured_in_this_run(quick_run):
 
 
 def test_targets_pass_and_fail_on_their_limits():
-    at_limits = {"host_post_ms": 25.0, "litert_speedup": 2.0, "resident_gain": 30.0,
+    at_limits = {"host_post_ms": 25.0, "rerender_ms": 100.0, "litert_speedup": 2.0, "resident_gain": 30.0,
                  "wire_bytes_per_request": 1.05e6, "link_overhead_ms": 5.0}
     assert all(v["pass"] for v in evaluate_targets(at_limits).values())
-    worse = {"host_post_ms": 25.1, "litert_speedup": 1.9, "resident_gain": 29.0,
+    worse = {"host_post_ms": 25.1, "rerender_ms": 100.1, "litert_speedup": 1.9, "resident_gain": 29.0,
              "wire_bytes_per_request": 1.06e6, "link_overhead_ms": float("nan")}
     assert not any(v["pass"] for v in evaluate_targets(worse).values())
     assert not evaluate_targets({})["host_post_ms"]["pass"]

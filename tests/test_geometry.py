@@ -16,14 +16,15 @@ from backend.geometry import (
     metric_depth,
     point_cloud,
 )
-from backend.intrinsics import Intrinsics, crop_resize_for, map_to_network
+from backend.framing import CENTRE_SQUARE, framing_for
+from backend.intrinsics import Intrinsics
 
 INTR = Intrinsics(fx=400.0, fy=410.0, cx=223.5, cy=200.25)
 
 
 def test_metric_depth_with_a_crop_uses_the_network_focal():
     # 640 x 480 photo, fx = 500 px: the network sees a 480 px square at 448, so fx448 = 500 x 448 / 480.
-    fx448 = map_to_network(Intrinsics(500, 500, 320, 240), crop_resize_for(640, 480, 448)).fx
+    fx448 = framing_for(640, 480, 448, CENTRE_SQUARE).network_intrinsics(Intrinsics(500, 500, 320, 240)).fx
     assert fx448 == pytest.approx(500 * 448 / 480)
     canonical = np.full((448, 448), 10.0, np.float32)
     metric = metric_depth(canonical, fx448)
@@ -81,6 +82,16 @@ def test_flying_pixels_at_a_depth_step_are_removed_but_flat_areas_kept():
     # A smooth slope (1 % per pixel) is not an edge at 5 %.
     slope = np.tile(np.float32(2.0) * (1.01 ** np.arange(20, dtype=np.float32)), (20, 1))
     assert not edge_mask(slope, 0.05).any()
+
+
+def test_a_neighbour_without_depth_is_no_edge():
+    """Padding (NaN) next to the photo's content must not cost the content its border points."""
+    depth = np.full((6, 8), 2.0, np.float32)
+    depth[:2] = np.nan  # two rows of letterbox padding
+    edges = edge_mask(depth, 0.05)
+    assert not edges.any()
+    xyz, _ = point_cloud(depth, np.zeros((6, 8, 3), np.uint8), INTR, CloudFilter())
+    assert len(xyz) == 4 * 8  # every content pixel, none of the padding
 
 
 def test_range_filter_and_invalid_depths():

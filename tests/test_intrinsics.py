@@ -1,4 +1,4 @@
-"""Intrinsics: EXIF and preset focal lengths, validation messages, crop mapping, sidecars."""
+"""Intrinsics: EXIF and preset focal lengths, validation messages, sidecars (the mapping: test_framing)."""
 from __future__ import annotations
 
 import json
@@ -12,14 +12,11 @@ from backend.intrinsics import (
     ASSUMED_FOV_PRESET,
     PIXEL_8A_PRESET,
     PRESETS,
-    CropResize,
     Intrinsics,
     IntrinsicsError,
-    crop_resize_for,
     from_exif,
     from_fov,
     load_sidecar,
-    map_to_network,
     validate,
 )
 
@@ -122,33 +119,6 @@ def test_validate_messages_name_the_problem(intr, words):
         validate(intr, 640, 480)
     for word in words:
         assert word in str(info.value)
-
-
-def test_crop_resize_for_landscape_portrait_and_odd_margins():
-    assert crop_resize_for(640, 480, 448) == CropResize(80, 0, 480, 448)
-    assert crop_resize_for(480, 640, 448) == CropResize(0, 80, 480, 448)
-    assert crop_resize_for(641, 480, 448) == CropResize(80, 0, 480, 448)
-    assert crop_resize_for(448, 448, 448).scale == 1.0
-    assert crop_resize_for(640, 480, 448).scale == pytest.approx(448 / 480)
-
-
-def test_map_to_network_scales_focal_and_maps_pixel_centres():
-    crop = crop_resize_for(640, 480, 448)
-    net = map_to_network(Intrinsics(500, 520, 330.0, 250.0), crop)
-    k = 448 / 480
-    assert net.fx == pytest.approx(500 * k)  # the product's canonical example: fx448 = 500 x 448 / 480
-    assert net.fy == pytest.approx(520 * k)
-    assert net.cx == pytest.approx((330.0 - 80 + 0.5) * k - 0.5)
-    assert net.cy == pytest.approx((250.0 + 0.5) * k - 0.5)
-
-
-def test_image_centre_maps_to_network_centre():
-    for width, height in [(640, 480), (4080, 3072), (741, 500), (300, 451)]:
-        choice = PRESETS[PIXEL_8A_PRESET](width, height)
-        net = map_to_network(choice.intrinsics, crop_resize_for(width, height, 448))
-        # Exact when the crop margin is even; off by half an original pixel when it is odd.
-        tolerance = 0.5 * 448 / min(width, height) + 1e-9
-        assert abs(net.cx - 223.5) <= tolerance and abs(net.cy - 223.5) <= tolerance
 
 
 def test_sidecar_of_the_motorcycle_example():

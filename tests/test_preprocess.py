@@ -1,13 +1,14 @@
-"""Network input: the crop/resize geometry (pixel centres) and the normalization values."""
+"""Network input: the framing geometry (pixel centres, padding) and the normalization values."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from backend.intrinsics import CropResize, Intrinsics, crop_resize_for, map_to_network
+from backend.framing import CENTRE_SQUARE, FULL_PHOTO, framing_for
+from backend.intrinsics import Intrinsics
 from backend.model_info import IMAGENET_MEAN, IMAGENET_STD
-from backend.preprocess import crop_and_resize, normalize
+from backend.preprocess import frame_photo, normalize, pad_rgb
 
 
 def ramp_image(width: int, height: int, axis: int) -> np.ndarray:
@@ -24,37 +25,67 @@ def ramp_image(width: int, height: int, axis: int) -> np.ndarray:
     (256, 240, 100),
 ])
 @pytest.mark.parametrize("axis", [0, 1])
-def test_output_pixel_centres_sit_where_map_to_network_says(width, height, size, axis):
-    crop = crop_resize_for(width, height, size)
-    out = crop_and_resize(ramp_image(width, height, axis), crop).astype(np.float64)[..., 0]
+@pytest.mark.parametrize("mode", [CENTRE_SQUARE, FULL_PHOTO])
+def test_output_pixel_centres_sit_where_the_framing_says(width, height, size, axis, mode):
+    framing = framing_for(width, height, size, mode)
+    out = frame_photo(ramp_image(width, height, axis), framing).astype(np.float64)[..., 0]
     assert out.shape == (size, size)
-    origin = crop.x0 if axis == 1 else crop.y0
-    dst = np.arange(size)
-    expected = origin + (dst + 0.5) * crop.side / size - 0.5  # the pixel-centre mapping
+    origin, extent, start, count = ((framing.x0, framing.width, framing.left, framing.content_width) if axis == 1
+                                    else (framing.y0, framing.height, framing.top, framing.content_height))
+    out = out[framing.content]
+    dst = np.arange(count)
+    expected = origin + (dst + 0.5) * extent / count - 0.5  # the pixel-centre mapping, written out by hand
     # The bilinear (triangle) filter reproduces a linear ramp exactly away from the borders,
     # where Pillow renormalizes the truncated kernel.
-    margin = int(np.ceil(2 * crop.side / size)) + 2
+    margin = int(np.ceil(2 * extent / count)) + 2
     measured = (out.mean(axis=0) if axis == 1 else out.mean(axis=1))[margin:-margin]
     inner = expected[margin:-margin]
     assert np.abs(measured - inner).max() <= 0.5 + 1e-6  # uint8 rounding only
     # Compared with the rounded prediction, the mean error is ~0: the grid is right to ~0.03 px.
     assert abs(np.mean(measured - np.floor(inner + 0.5))) < 0.03
-    # The corner-aligned convention (src = x0 + dst * side / size) is visibly off:
-    corner_aligned = origin + dst[margin:-margin] * crop.side / size
-    assert abs(np.mean(measured - np.floor(corner_aligned + 0.5))) > 0.15
+    # The corner-aligned convention (src = x0 + dst * side / size) is visibly off, by about
+    # its shift of 0.5 * (1 - extent / count) source pixels (0.21 px at the mildest, x1.75):
+    corner_aligned = origin + dst[margin:-margin] * extent / count
+    shift = 0.5 * abs(1 - extent / count)
+    assert abs(np.mean(measured - np.floor(corner_aligned + 0.5))) > 0.5 * shift
+    # ... and the framing's own mapping says the same as the hand-written formula.
+    mapped = framing.photo_to_network(expected, expected)[0 if axis == 1 else 1] - start
+    np.testing.assert_allclose(mapped, dst, atol=1e-9)
 
 
-def test_crop_and_resize_is_exact_when_no_resize_is_needed():
+def test_centre_square_is_exact_when_no_resize_is_needed():
     rgb = np.random.default_rng(0).integers(0, 256, (448, 600, 3), dtype=np.uint8)
-    out = crop_and_resize(rgb, crop_resize_for(600, 448, 448))
+    out = frame_photo(rgb, framing_for(600, 448, 448, CENTRE_SQUARE))
     np.testing.assert_array_equal(out, rgb[:, 76:524])
     assert out.flags.c_contiguous
+
+
+def test_full_photo_letterbox_pads_with_the_rounded_normalization_mean():
+    # Upstream hubconf.py: cv2.copyMakeBorder(uint8 image, value=[123.675, 116.28, 103.53]);
+    # OpenCV rounds the value to the image type: 124, 116, 104.
+    pad = pad_rgb(IMAGENET_MEAN)
+    assert pad == (124, 116, 104)
+    rgb = np.random.default_rng(2).integers(0, 256, (300, 400, 3), dtype=np.uint8)  # 4:3 landscape
+    framing = framing_for(400, 300, 448, FULL_PHOTO)
+    out = frame_photo(rgb, framing, pad)
+    # 400 x 300 -> 448 x 336, 112 rows of padding split 56 above and 56 below (upstream: pad // 2 first).
+    assert (framing.left, framing.top, framing.content_width, framing.content_height) == (0, 56, 448, 336)
+    assert (out[:56] == pad).all() and (out[56 + 336:] == pad).all()
+    expected = np.asarray(Image.fromarray(rgb).resize((448, 336), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(out[56:392], expected)
+    # After normalization the padding is within 0.01 of zero in every channel.
+    padding = normalize(out, IMAGENET_MEAN, IMAGENET_STD)[0, :, :56]
+    assert np.abs(padding).max() < 0.01
+    # Portrait with an odd amount of padding: the extra column goes right, as upstream.
+    portrait = framing_for(300, 451, 448, FULL_PHOTO)
+    assert (portrait.content_width, portrait.content_height) == (298, 448)  # 300 * 448 / 451 = 297.9
+    assert (portrait.left, portrait.top) == (75, 0)
 
 
 def test_crop_border_pixels_see_beyond_the_crop():
     """Resizing with Pillow's box (not crop-then-resize) keeps the filter whole at the crop edges."""
     rgb = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    out = crop_and_resize(rgb, crop_resize_for(640, 480, 448))
+    out = frame_photo(rgb, framing_for(640, 480, 448, CENTRE_SQUARE))
     cropped_first = np.asarray(Image.fromarray(rgb[:, 80:560]).resize(
         (448, 448), Image.Resampling.BILINEAR, reducing_gap=None))
     assert out.dtype == np.uint8 and out.shape == (448, 448, 3)
@@ -63,11 +94,13 @@ def test_crop_border_pixels_see_beyond_the_crop():
     np.testing.assert_array_equal(out[0, 1:-1], cropped_first[0, 1:-1])  # nothing above: same as cropping
 
 
-def test_crop_and_resize_rejects_bad_input():
+def test_frame_photo_rejects_bad_input():
     with pytest.raises(ValueError, match="uint8"):
-        crop_and_resize(np.zeros((10, 10, 3), np.float32), CropResize(0, 0, 10, 8))
+        frame_photo(np.zeros((10, 10, 3), np.float32), framing_for(10, 10, 8, CENTRE_SQUARE))
     with pytest.raises(ValueError, match="does not fit"):
-        crop_and_resize(np.zeros((10, 10, 3), np.uint8), CropResize(2, 0, 10, 8))
+        frame_photo(np.zeros((10, 10, 3), np.uint8), framing_for(12, 10, 8, CENTRE_SQUARE))
+    with pytest.raises(ValueError, match="0..255"):
+        pad_rgb((0.0, 300.0, 1.0))
 
 
 def test_normalize_is_bit_identical_to_the_golden_network_input(golden_dir):
@@ -93,17 +126,18 @@ def test_normalize_rejects_bad_input():
         normalize(np.zeros((4, 4, 3), np.uint8), IMAGENET_MEAN, (1.0, 0.0, 1.0))
 
 
+@pytest.mark.parametrize("mode", [CENTRE_SQUARE, FULL_PHOTO])
 @pytest.mark.parametrize("point", [(1000.3, 700.7), (2016.0, 1512.0), (3000.6, 2500.2), (600.5, 300.5)])
-def test_big_photo_resize_keeps_points_where_map_to_network_puts_them(point):
+def test_big_photo_resize_keeps_points_where_the_framing_puts_them(point, mode):
     """A 12 MP photo takes the fast reduce-then-resample path; a blob's centroid must still land
     where the intrinsics mapping says (what the metric back-projection relies on)."""
     width, height = 4032, 3024
-    crop = crop_resize_for(width, height, 448)
+    framing = framing_for(width, height, 448, mode)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     blob = np.exp(-((xx - point[0]) ** 2 + (yy - point[1]) ** 2) / (2 * 30.0 ** 2))
     image = np.repeat((blob * 255).astype(np.uint8)[..., None], 3, axis=2)
-    out = crop_and_resize(image, crop)[..., 0].astype(np.float64)
+    out = frame_photo(image, framing)[..., 0].astype(np.float64)
     oy, ox = np.mgrid[0:448, 0:448]
-    expected = map_to_network(Intrinsics(1.0, 1.0, *point), crop)
+    expected = framing.network_intrinsics(Intrinsics(1.0, 1.0, *point))
     assert abs((out * ox).sum() / out.sum() - expected.cx) < 0.02
     assert abs((out * oy).sum() / out.sum() - expected.cy) < 0.02

@@ -30,7 +30,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 ARTIFACTS = REPO / "test-artifacts"
 DESKTOP = {"width": 1400, "height": 900}
 PHONE = {"width": 390, "height": 844}
-MOTORCYCLE_CROP = (120, 0, 500)  # x0, y0, side of the 741x500 photo's centre square (by hand)
+MOTORCYCLE_SIZE = (741, 500)
 MARKER_RGB = (230, 30, 120)
 
 
@@ -186,8 +186,18 @@ def _measure_image_ready(page: Page) -> None:
     page.wait_for_timeout(300)  # layout settles
 
 
+def _picture_box(page: Page) -> dict:
+    """Where the measure picture is drawn inside its <img> box (object-fit keeps its aspect)."""
+    return page.evaluate("""() => {
+        const i = document.querySelector('#measure-image img'), r = i.getBoundingClientRect();
+        const fit = getComputedStyle(i).objectFit;
+        const s = Math.min(r.width / i.naturalWidth, r.height / i.naturalHeight, fit === 'scale-down' ? 1 : Infinity);
+        const w = i.naturalWidth * s, h = i.naturalHeight * s;
+        return {x: r.left + (r.width - w) / 2, y: r.top + (r.height - h) / 2, width: w, height: h}; }""")
+
+
 def _measure_click(page: Page, fx: float, fy: float) -> None:
-    box = page.locator("#measure-image img").bounding_box()
+    box = _picture_box(page)
     page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
 
 
@@ -204,8 +214,10 @@ def test_two_quick_clicks_both_land_with_markers_and_photo_pixels(browser, app_u
     text = readout.inner_text()
     points = re.findall(r"Point (\d) at photo pixel \((\d+), (\d+)\): \(([-\d.]+), ([-\d.]+), ([-\d.]+)\) m", text)
     assert [p[0] for p in points] == ["1", "2"], text
-    x0, y0, side = MOTORCYCLE_CROP  # a click at fraction f of the crop is photo pixel x0 + f * side - 0.5
-    expected = [(x0 + 0.25 * side - 0.5, y0 + 0.5 * side - 0.5), (x0 + 0.75 * side - 0.5, y0 + 0.6 * side - 0.5)]
+    # Full photo (the default view): the picture shows the whole photo, so a click at fraction f of its
+    # width is photo pixel f * W - 0.5 (pixel centres at integers), whatever the network's scale
+    w, h = MOTORCYCLE_SIZE
+    expected = [(0.25 * w - 0.5, 0.5 * h - 0.5), (0.75 * w - 0.5, 0.6 * h - 0.5)]
     for (_, px, py, *_xyz), (ex, ey) in zip(points, expected):
         assert abs(int(px) - ex) <= 2 and abs(int(py) - ey) <= 2, (px, py, ex, ey)
     xyz = np.array([[float(v) for v in p[3:]] for p in points])
@@ -213,8 +225,8 @@ def test_two_quick_clicks_both_land_with_markers_and_photo_pixels(browser, app_u
     assert distance == pytest.approx(np.linalg.norm(xyz[0] - xyz[1]), abs=2e-3)
 
     page.wait_for_timeout(500)
-    img = page.locator("#measure-image img")
-    shot = _pixels(img.screenshot())
+    box = _picture_box(page)
+    shot = _pixels(page.screenshot(clip=box))
     h, w = shot.shape[:2]
     for fx, fy in ((0.25, 0.5), (0.75, 0.6)):
         patch = shot[int(fy * h) - 2: int(fy * h) + 3, int(fx * w) - 2: int(fx * w) + 3].reshape(-1, 3)
