@@ -591,7 +591,7 @@ def build_demo(keep_results_s: int = serving.DEFAULT_RESULT_MAX_AGE_S) -> gr.Blo
                 notice_md = gr.Markdown("", elem_id="notice")
                 with gr.Group():
                     preset = gr.Dropdown([FROM_PHOTO, *PRESETS], value=FROM_PHOTO, label="Camera")
-                    with gr.Row():
+                    with gr.Row(elem_id="intrinsics-row"):
                         fx = gr.Textbox(label="fx (px)", placeholder="from the photo", min_width=80)
                         fy = gr.Textbox(label="fy (px)", placeholder="from the photo", min_width=80)
                         cx = gr.Textbox(label="cx (px)", placeholder="from the photo", min_width=80)

@@ -5,8 +5,8 @@ that stay after an error and clear for a new photo, option and intrinsics change
 without a network run, two quick measure clicks that both land with markers drawn, the device
 line, the 3D viewer, the first screen at 1400x900 and the page at 390x844.
 
-Screenshots go to test-artifacts/; with UPDATE_SCREENSHOT=1 they are also copied to docs/
-(docs/screenshot.png is the README's).
+Screenshots go to test-artifacts/; with UPDATE_SCREENSHOT=1 those the README shows are also
+copied to docs/ (docs/screenshot.png is the first result at 1400x900).
 """
 from __future__ import annotations
 
@@ -38,12 +38,16 @@ def _pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)
 
 
+DOCS_SHOTS = {"ui-result-1400": "screenshot", "ui-error-1400": None, "ui-measure-1400": None,
+              "ui-result-390": None, "ui-error-390": None}  # copied to docs/ (README), some renamed
+
+
 def _shot(page: Page, name: str, full_page: bool = False) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page)
-    if os.environ.get("UPDATE_SCREENSHOT") == "1":
-        shutil.copyfile(path, REPO / "docs" / path.name)
+    if os.environ.get("UPDATE_SCREENSHOT") == "1" and name in DOCS_SHOTS:
+        shutil.copyfile(path, REPO / "docs" / f"{DOCS_SHOTS[name] or name}.png")
 
 
 @pytest.fixture(scope="module")
