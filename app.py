@@ -441,12 +441,15 @@ def rerender(ctx: AppContext, fx, fy, cx, cy, source, cmap, min_depth, max_depth
         intrinsics = read_intrinsics(fx, fy, cx, cy)
         options = read_options(cmap, min_depth, max_depth, edge, voxel)
         options = replace(options, field_of_view=state.estimate.framing.mode)  # a new view needs the network
+        if (intrinsics, options, source or "Entered by hand") == (state.intrinsics, state.options, state.source) \
+                and not state.failed:
+            return (gr.skip(),) * 10  # a field left without a change: nothing to redraw
         result = rerender_result(state.estimate, intrinsics, options, source=source or "Entered by hand",
                                  store=ctx.store)
     except USER_ERRORS as exc:
         return _kept("Cannot redraw", exc, state, repr((fx, fy, cx, cy, cmap, min_depth, max_depth, edge, voxel)))
     new = replace(state, intrinsics=intrinsics, source=source or "Entered by hand", options=options,
-                  rerenders=state.rerenders + 1, rerender_ms=(time.perf_counter() - started) * 1000.0)
+                  rerenders=state.rerenders + 1, rerender_ms=(time.perf_counter() - started) * 1000.0, failed="")
     return _shown(new, result)
 
 
