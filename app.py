@@ -345,7 +345,8 @@ def describe(ctx: AppContext, path: str | None):
     """A new photo (upload, example, remove): fill in the intrinsics, clear the old results."""
     if not path:
         return (None, None, None, None, EMPTY_HINT, "", FROM_PHOTO, None, *cleared_results(NO_RESULT))
-    cleared = cleared_results(f"New photo **{_photo_name(path)}**: press **Estimate depth**.")
+    cleared = (*cleared_results(f"New photo **{_photo_name(path)}**: press **Estimate depth**.")[:-1],
+               f"New photo **{_photo_name(path)}**: the old results are cleared; press **Estimate depth**.")
     try:
         image, _ = decode(path)
         choice = suggest_intrinsics(image, path, ctx.catalog)

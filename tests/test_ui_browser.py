@@ -6,7 +6,7 @@ without a network run, two quick measure clicks that both land with markers draw
 line, the 3D viewer, the first screen at 1400x900 and the page at 390x844.
 
 Screenshots go to test-artifacts/; with UPDATE_SCREENSHOT=1 those the README shows are also
-copied to docs/ (docs/screenshot.png is the first result at 1400x900).
+copied to docs/ (docs/screenshot.png is a measurement at 1400x900).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)
 
 
-DOCS_SHOTS = {"ui-result-1400": "screenshot", "ui-error-1400": None, "ui-measure-1400": None,
+DOCS_SHOTS = {"ui-measure-1400": "screenshot", "ui-error-1400": None, "ui-new-photo-1400": None,
               "ui-result-390": None, "ui-error-390": None}  # copied to docs/ (README), some renamed
 
 
@@ -84,6 +84,13 @@ def _estimate(page: Page, runs: int = 1) -> None:
     expect(page.locator("#depth-colormap img")).to_be_visible(timeout=30_000)
 
 
+def _dismiss_toasts(page: Page) -> None:
+    for close in page.get_by_test_id("toast-close").all():
+        close.click()
+    expect(page.get_by_test_id("toast-close")).to_have_count(0)
+    page.wait_for_timeout(300)
+
+
 def _set_field(page: Page, label: str, value: str) -> None:
     field = page.get_by_label(label, exact=True)
     field.fill(value)
@@ -106,6 +113,8 @@ def test_first_screen_and_the_calm_no_phone_line(browser, app_url):
     expect(details).to_be_visible()
     expect(details).to_contain_text("build-android")
     assert "/root/" not in details.inner_text() and "…/" in details.inner_text()  # paths shortened
+    page.get_by_text("Host CPU · no phone connected").click()
+    expect(details).to_be_hidden()
 
     _example(page)
     _estimate(page)
@@ -141,9 +150,12 @@ def test_an_error_keeps_the_last_result_and_a_new_photo_clears_it(browser, app_u
 
     page.get_by_text("coffee", exact=True).first.click()
     expect(page.locator("#info-text")).to_contain_text("New photo coffee.png", timeout=30_000)
+    expect(notice).to_contain_text("New photo coffee.png: the old results are cleared")
     expect(page.locator("#depth-colormap img")).to_have_count(0)
     expect(page.locator("#measure-image img")).to_have_count(0)
-    expect(notice).not_to_contain_text("fx must be positive")
+    expect(page.locator("#point-cloud canvas")).to_have_count(0)
+    expect(page.get_by_label("fx (px)")).to_have_value("519.615")
+    _dismiss_toasts(page)
     _shot(page, "ui-new-photo-1400")
     page.close()
 
