@@ -28,6 +28,7 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import typing  # noqa: E402
+import warnings  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -569,8 +570,14 @@ def build_demo(keep_results_s: int = serving.DEFAULT_RESULT_MAX_AGE_S) -> gr.Blo
     phone_pool = {"concurrency_id": "phone", "concurrency_limit": 1}  # one phone search at a time
     private = {"api_visibility": "private"}
     catalog = ExampleCatalog(EXAMPLES_DIR)
-    with gr.Blocks(title="Metric3D v2 metric depth (LiteRT)", delete_cache=serving.cache_schedule(keep_results_s)) \
-            as demo:
+    with warnings.catch_warnings():
+        # Gradio 6 takes css/js in launch() and warns when Blocks gets them; given here they also
+        # reach the page under `gradio app.py`, whose reload runner calls demo.launch() itself.
+        warnings.simplefilter("ignore", UserWarning)
+        page = gr.Blocks(title="Metric3D v2 metric depth (LiteRT)", delete_cache=serving.cache_schedule(keep_results_s),
+                         css=(FRONTEND / "page.css").read_text(encoding="utf-8"),
+                         js=(FRONTEND / "page.js").read_text(encoding="utf-8"))
+    with page as demo:
         gr.Markdown(
             "## Metric3D v2 — metric depth from one photo\n"
             "Depth in meters from one photo and the camera's focal length in pixels (filled in from EXIF or an "
@@ -781,7 +788,6 @@ def main(argv: list[str] | None = None) -> int:
         page.queue(default_concurrency_limit=serving.DEPTH_CONCURRENCY, max_size=serving.QUEUE_MAX_SIZE)
         _, url, share_url = page.launch(
             server_name=args.host, server_port=args.port, share=args.share, theme=gr.themes.Default(),
-            css=(FRONTEND / "page.css").read_text(), js=(FRONTEND / "page.js").read_text(),
             allowed_paths=[str(store.root), str(EXAMPLES_DIR)], max_file_size=serving.MAX_UPLOAD_BYTES,
             show_error=False, quiet=True, prevent_thread_lock=True)
         print(banner(args, url, share_url), flush=True)
@@ -796,5 +802,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def reload_mode() -> bool:
+    """True under `gradio app.py`: its reload runner runs this file as __main__ (and again after
+    every change) and watches `demo`; the context is then made on the first request."""
+    return bool(os.environ.get("GRADIO_WATCH_DIRS"))
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    if reload_mode():
+        demo.launch()  # Gradio's reload runner: serves and swaps `demo` on every change
+    else:
+        raise SystemExit(main())
