@@ -381,8 +381,8 @@ def _viewer(result: PipelineResult) -> gr.Model3D:
     return gr.Model3D(str(result.files.view_ply), camera_position=(*VIEW_ANGLES_DEG, result.view_radius))
 
 
-def _shown(state: PhotoResult, result: PipelineResult) -> tuple:
-    """RESULT_OUTPUTS for a good result of `state`'s photo."""
+def _shown(state: PhotoResult, result: PipelineResult, fov: str) -> tuple:
+    """RESULT_OUTPUTS for a good result of `state`'s photo (the banner keeps a pending field-of-view change)."""
     info = result.info()
     info["backend"] = state.backend
     info["session"] = {"photo": state.photo, "network_runs": state.network_runs, "rerenders": state.rerenders,
@@ -393,7 +393,7 @@ def _shown(state: PhotoResult, result: PipelineResult) -> tuple:
     content = result.framing.content
     return (result.colormap, (result.network_rgb[content], result.colored[content]), _viewer(result), picture,
             measure_readout(state),
-            files, info_markdown(info), info, state, "")
+            files, info_markdown(info), info, state, field_of_view_changed(None, fov, state))
 
 
 def toast(title: str, message: str) -> None:
@@ -430,10 +430,10 @@ def estimate(ctx: AppContext, path, fx, fy, cx, cy, source, cmap, min_depth, max
     runs = state.network_runs + 1 if state is not None and state.photo == _photo_name(path) else 1
     new = PhotoResult(_photo_name(path), done.result.estimate, {"requested": choice, "used": done.pick.where},
                       intrinsics, source or "Entered by hand", options, network_runs=runs)
-    return (*_shown(new, done.result), *show_status(ctx, choice))
+    return (*_shown(new, done.result, fov), *show_status(ctx, choice))
 
 
-def rerender(ctx: AppContext, fx, fy, cx, cy, source, cmap, min_depth, max_depth, edge, voxel,
+def rerender(ctx: AppContext, fx, fy, cx, cy, source, cmap, min_depth, max_depth, edge, voxel, fov,
              state: PhotoResult | None):
     """An option or intrinsics change: re-derive everything from the kept run, no network."""
     if state is None:
@@ -452,17 +452,25 @@ def rerender(ctx: AppContext, fx, fy, cx, cy, source, cmap, min_depth, max_depth
         return _kept("Cannot redraw", exc, state, repr((fx, fy, cx, cy, cmap, min_depth, max_depth, edge, voxel)))
     new = replace(state, intrinsics=intrinsics, source=source or "Entered by hand", options=options,
                   rerenders=state.rerenders + 1, rerender_ms=(time.perf_counter() - started) * 1000.0, failed="")
-    return _shown(new, result)
+    return _shown(new, result, fov)
 
 
-def field_of_view_changed(ctx: AppContext, fov: str, state: PhotoResult | None):
-    """The field of view changes what the network sees: that needs a network run, so it waits
-    for the button (the results on screen stay, marked as the old view's)."""
+def estimate_new_view(ctx: AppContext, path, fx, fy, cx, cy, source, cmap, min_depth, max_depth, edge, voxel, fov,
+                      choice, state: PhotoResult | None, progress=gr.Progress()):
+    """A new field of view: the network must see the new framing, so a result on screen is
+    estimated again (without one, the choice waits for the button)."""
+    if state is None:
+        return (gr.skip(),) * 12
+    return estimate(ctx, path, fx, fy, cx, cy, source, cmap, min_depth, max_depth, edge, voxel, fov, choice, state,
+                    progress)
+
+
+def field_of_view_changed(ctx: AppContext | None, fov: str, state: PhotoResult | None) -> str:
+    """While a new field of view is being computed, say that the results on screen are the old view's."""
     if state is None or state.estimate.framing.mode == fov:
         return ""
-    return (f"Field of view: **{FIELDS_OF_VIEW.get(fov, fov)}** — press **Estimate depth** to run the network on "
-            f"it. The results below are still **{state.photo}** in the "
-            f"{FIELDS_OF_VIEW[state.estimate.framing.mode]} view.")
+    return (f"Field of view: **{FIELDS_OF_VIEW.get(fov, fov)}** — the network is running on it. The results below "
+            f"are still **{state.photo}** in the {FIELDS_OF_VIEW[state.estimate.framing.mode]} view.")
 
 
 def _metric(state: PhotoResult) -> tuple[np.ndarray, Intrinsics]:
@@ -591,7 +599,7 @@ def build_demo(keep_results_s: int = serving.DEFAULT_RESULT_MAX_AGE_S) -> gr.Blo
             status_md = gr.Markdown("", elem_id="status-panel")
         size_state = gr.State(None)
         source_state = gr.State("")
-        photo_state = gr.State(None)
+        photo_state = gr.State(None, time_to_live=keep_results_s)  # as long as the result files live
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=320):
                 image = PhotoInput(type="filepath", image_mode=None, label="Photo", sources=["upload", "clipboard"],
@@ -649,7 +657,7 @@ def build_demo(keep_results_s: int = serving.DEFAULT_RESULT_MAX_AGE_S) -> gr.Blo
                    notice_md]
         status_out = [backend_panel, status_md]
         intr_fields = [fx, fy, cx, cy, source_md, source_state, preset]
-        render_inputs = [fx, fy, cx, cy, source_state, cmap, min_depth, max_depth, edge, voxel, photo_state]
+        render_inputs = [fx, fy, cx, cy, source_state, cmap, min_depth, max_depth, edge, voxel, fov, photo_state]
         redraw = {"trigger_mode": "always_last", "show_progress": "hidden", "concurrency_limit": light, **private}
 
         demo.load(with_context(page_loaded), None, [backend, *status_out], concurrency_limit=light, **private)
@@ -671,8 +679,10 @@ def build_demo(keep_results_s: int = serving.DEFAULT_RESULT_MAX_AGE_S) -> gr.Blo
         run_btn.click(with_context(estimate),
                       [image, fx, fy, cx, cy, source_state, cmap, min_depth, max_depth, edge, voxel, fov, backend,
                        photo_state], [*results, *status_out], **private, **depth_pool)
-        fov.input(with_context(field_of_view_changed), [fov, photo_state], [notice_md], concurrency_limit=light,
-                  **private)
+        # A new field of view changes what the network sees: with a result on screen, it runs the network again.
+        fov.input(with_context(estimate_new_view),
+                  [image, fx, fy, cx, cy, source_state, cmap, min_depth, max_depth, edge, voxel, fov, backend,
+                   photo_state], [*results, *status_out], **private, **depth_pool)
         clicks_btn.click(with_context(measure_clicks), [clicks_box, photo_state], [measure_md, photo_state],
                          js="(clicks, state) => [window.metric3dMeasureClicks(), state]",
                          trigger_mode="always_last", show_progress="hidden", concurrency_limit=light, **private)

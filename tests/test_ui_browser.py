@@ -112,7 +112,8 @@ def test_first_screen_and_the_calm_no_phone_line(browser, app_url):
     details = page.locator("#status-panel")
     expect(details).to_be_visible()
     expect(details).to_contain_text("build-android")
-    assert "/root/" not in details.inner_text() and "…/" in details.inner_text()  # paths shortened
+    text = details.inner_text()
+    assert "…/" in text and not re.search(r"(?<![\w.:/])/(?:[^/\s]+/){3,}", text), text  # paths shortened
     page.get_by_text("Host CPU · no phone connected").click()
     expect(details).to_be_hidden()
 
@@ -191,6 +192,14 @@ def test_option_and_intrinsics_changes_redraw_without_running_the_network(browse
     ms = float(re.search(r"last re-render (\d+) ms", info.inner_text()).group(1))
     assert ms > 0
     _shot(page, "ui-option-change-1400")
+
+    # the field of view changes what the network sees: the only option that runs the network again
+    expect(info).to_contain_text("Field of view: Full photo")
+    page.get_by_label("Centre square").check()
+    expect(info).to_contain_text("network runs for this photo: 2", timeout=90_000)
+    expect(info).to_contain_text("Field of view: Centre square")
+    expect(info).to_contain_text("re-renders: 0")
+    expect(page.locator("#notice")).to_have_text("")
     page.close()
 
 
