@@ -300,7 +300,7 @@ class PhotoResult:
     rerenders: int = 0
     rerender_ms: float | None = None
     clicks: tuple[tuple[float, float], ...] = field(default_factory=tuple)  # network-image pixels, at most 2
-    failed: str = ""  # the inputs of the last failed request, so one mistake gives one toast
+    failed: str = ""  # the message of the last failed request, so one mistake gives one toast
 
 
 def _photo_name(path: str | None) -> str:
@@ -404,14 +404,14 @@ def toast(title: str, message: str) -> None:
     gr.Warning(f"<b>{title}:</b> {message}", title=title)
 
 
-def _kept(title: str, exc: Exception, state: PhotoResult | None, attempt: str) -> tuple:
+def _kept(title: str, exc: Exception, state: PhotoResult | None) -> tuple:
     """RESULT_OUTPUTS after a failed request: every result stays, the banner says why and whose."""
     message = str(exc)
-    if state is None or state.failed != attempt:
+    if state is None or state.failed != message:
         toast(title, message)
     kept = (f" The results below are still those of **{state.photo}** (last good settings)."
             if state is not None else "")
-    new_state = gr.skip() if state is None else replace(state, failed=attempt)
+    new_state = gr.skip() if state is None else replace(state, failed=message)
     return (*(gr.skip(),) * 8, new_state, f"⚠️ **{title}:** {message}{kept}")
 
 
@@ -425,8 +425,7 @@ def estimate(ctx: AppContext, path, fx, fy, cx, cy, source, cmap, min_depth, max
         done = compute(ctx, path, intrinsics, options, choice, source or "Entered by hand",
                        lambda what, f: progress(f, desc=what))
     except USER_ERRORS as exc:
-        attempt = repr(("estimate", path, fx, fy, cx, cy, cmap, min_depth, max_depth, edge, voxel, fov, choice))
-        return (*_kept("Cannot compute depth", exc, state, attempt), *show_status(ctx, choice))
+        return (*_kept("Cannot compute depth", exc, state), *show_status(ctx, choice))
     runs = state.network_runs + 1 if state is not None and state.photo == _photo_name(path) else 1
     new = PhotoResult(_photo_name(path), done.result.estimate, {"requested": choice, "used": done.pick.where},
                       intrinsics, source or "Entered by hand", options, network_runs=runs)
@@ -449,7 +448,7 @@ def rerender(ctx: AppContext, fx, fy, cx, cy, source, cmap, min_depth, max_depth
         result = rerender_result(state.estimate, intrinsics, options, source=source or "Entered by hand",
                                  store=ctx.store)
     except USER_ERRORS as exc:
-        return _kept("Cannot redraw", exc, state, repr((fx, fy, cx, cy, cmap, min_depth, max_depth, edge, voxel)))
+        return _kept("Cannot redraw", exc, state)
     new = replace(state, intrinsics=intrinsics, source=source or "Entered by hand", options=options,
                   rerenders=state.rerenders + 1, rerender_ms=(time.perf_counter() - started) * 1000.0, failed="")
     return _shown(new, result, fov)
@@ -603,7 +602,7 @@ def build_demo(keep_results_s: int = serving.DEFAULT_RESULT_MAX_AGE_S) -> gr.Blo
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=320):
                 image = PhotoInput(type="filepath", image_mode=None, label="Photo", sources=["upload", "clipboard"],
-                                   height=300)
+                                   height=300, elem_id="photo-input")
                 gr.Examples([[str(e.path)] for e in catalog.examples], inputs=[image], label="Examples",
                             example_labels=[e.path.stem for e in catalog.examples])
                 run_btn = gr.Button("Estimate depth", variant="primary", elem_id="estimate")

@@ -145,7 +145,7 @@ def test_an_error_keeps_the_last_result_and_a_new_photo_clears_it(browser, app_u
 
     _set_field(page, "fx (px)", "")
     page.get_by_role("button", name="Estimate depth").click()
-    expect(notice).to_contain_text("Please fill in fx", timeout=30_000)
+    expect(notice).to_contain_text("Cannot compute depth: Please fill in fx", timeout=30_000)
     assert colormap.get_attribute("src") == before and colormap.is_visible()
     _shot(page, "ui-empty-field-1400")
 
@@ -296,16 +296,49 @@ def test_the_viewer_shows_the_cloud_on_a_light_background_with_a_loading_sign(br
 def test_the_page_at_phone_size(browser, app_url):
     page = _open(browser, app_url, PHONE)
     expect(page.locator("#backend-panel")).to_contain_text("no phone connected", timeout=60_000)
+    expect(page.get_by_label("fx (px)", exact=True)).to_have_value("")
     _shot(page, "ui-empty-390")
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"] + 1, "sideways scrolling"
     _example(page)
     _estimate(page)
     page.locator("#depth-colormap").scroll_into_view_if_needed()
     _shot(page, "ui-result-390")
+
+    _measure_image_ready(page)
+    page.locator("#measure-image").scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    _measure_click(page, 0.2, 0.5)
+    page.wait_for_timeout(50)
+    _measure_click(page, 0.8, 0.7)
+    expect(page.locator("#measure-readout")).to_contain_text("Distance:", timeout=30_000)
+    _shot(page, "ui-measure-390")
+
     _set_field(page, "fx (px)", "0")
-    expect(page.locator("#notice")).to_contain_text("fx must be positive", timeout=30_000)
+    notice = page.locator("#notice")
+    expect(notice).to_contain_text("fx must be positive", timeout=30_000)
     expect(page.locator("#depth-colormap img")).to_be_visible()
-    page.locator("#notice").scroll_into_view_if_needed()
+    notice.scroll_into_view_if_needed()
     _shot(page, "ui-error-390")
+    _dismiss_toasts(page)
+
+    _set_field(page, "fx (px)", "")
+    page.get_by_role("button", name="Estimate depth").click()
+    expect(notice).to_contain_text("Cannot compute depth: Please fill in fx", timeout=30_000)
+    expect(page.locator("#depth-colormap img")).to_be_visible()
+    expect(page.get_by_test_id("toast-text")).to_have_count(1)  # one mistake, one message
+    _shot(page, "ui-empty-field-390")
+    _dismiss_toasts(page)
+
+    _set_field(page, "fx (px)", "1200")
+    expect(page.locator("#info-text")).to_contain_text("re-renders: 1", timeout=30_000)
+    expect(notice).to_have_text("")
+    page.locator("#depth-colormap").scroll_into_view_if_needed()
+    _shot(page, "ui-option-change-390")
+
+    page.locator("#photo-input").scroll_into_view_if_needed()
+    page.get_by_text("coffee", exact=True).first.click()
+    expect(notice).to_contain_text("New photo coffee.png", timeout=30_000)
+    expect(page.locator("#depth-colormap img")).to_have_count(0)
+    _shot(page, "ui-new-photo-390")
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"] + 1, "sideways scrolling"
     page.close()
