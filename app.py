@@ -1,8 +1,12 @@
 """Metric3D v2 (ViT-S) metric depth demo: Gradio UI and API wiring.
 
 The work happens in backend/ (decode, intrinsics, pipeline, files) and device/ (the Pixel
-runner link); this file only lays out the page, maps widgets to backend calls, turns
-errors into readable messages, and sets how the server is exposed (backend/serving.py).
+runner link); this file lays out the page, maps widgets to backend calls, turns errors into
+readable messages, and sets how the server is exposed (backend/serving.py).
+
+Layout of this file: the app context (engines, result store, examples), the handlers (module
+level, each takes the context first), one request function shared by the page and the API,
+the page (`demo`, importable, so `gradio app.py` reload works), and main().
 
     python app.py [--model PATH] [--backend auto|host|device] [--serial SERIAL] [--runner-dir DIR]
                   [--host 127.0.0.1] [--port 7860] [--share] [--temp-dir DIR] [--keep-results SECONDS]
@@ -14,40 +18,88 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import argparse  # noqa: E402 - the analytics switch must be set before gradio is imported
-import contextlib  # noqa: E402
+import functools  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+import typing  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass, field, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import gradio.route_utils as gradio_route_utils  # noqa: E402
+import numpy as np  # noqa: E402
+from gradio.data_classes import FileData  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from backend import serving  # noqa: E402
 from backend.colormap import COLORMAPS  # noqa: E402
 from backend.engine import EngineError  # noqa: E402
 from backend.examples import ExampleCatalog, suggest_intrinsics  # noqa: E402
-from backend.geometry import MAX_METRIC_DEPTH, CloudFilter, GeometryError  # noqa: E402
-from backend.imageio import ImageError, load_image  # noqa: E402
-from backend.intrinsics import BY_HAND, PRESETS, Intrinsics, IntrinsicsError  # noqa: E402
+from backend.framing import DEFAULT_FIELD_OF_VIEW, FIELDS_OF_VIEW  # noqa: E402
+from backend.geometry import MAX_METRIC_DEPTH, CloudFilter, GeometryError, metric_depth, point_at  # noqa: E402
+from backend.imageio import ImageError, LoadedImage, load_image  # noqa: E402
+from backend.intrinsics import BY_HAND, PRESETS, Intrinsics, IntrinsicsError, validate  # noqa: E402
 from backend.model_files import ModelNotFound, resolve_model  # noqa: E402
-from backend.outputs import OutputStore  # noqa: E402
-from backend.panels import info_markdown, intrinsics_line, status_markdown  # noqa: E402
-from backend.pipeline import PipelineOptions, PipelineResult, measure, run, warm_up  # noqa: E402
+from backend.outputs import MAX_PNG_MM, OutputStore  # noqa: E402
+from backend.panels import info_markdown, intrinsics_line, status_line, status_markdown  # noqa: E402
+from backend.pipeline import (  # noqa: E402
+    Estimate, PipelineOptions, PipelineResult, rerender as rerender_result, run, warm_up)
+from backend.viewer import VIEW_ANGLES_DEG  # noqa: E402
 from device.adb import DEFAULT_ADB_PORT  # noqa: E402
 from device.backends import BACKEND_LABELS, BACKENDS, Backends, Pick, runner_files_in  # noqa: E402
 
 log = logging.getLogger("metric3d.app")
 REPO = Path(__file__).resolve().parent
 EXAMPLES_DIR = REPO / "examples"
+FRONTEND = REPO / "frontend"
 FROM_PHOTO = "From the photo (EXIF or example calibration)"
-VIEW_ANGLES = (-100.0, 80.0)  # just off the photo's viewpoint (-90, 90), so the relief shows
-CSS = """
-#info-panel table { font-size: 0.9em; }
-footer { display: none !important; }
-"""
+VIEWER_BACKGROUND = (0.80, 0.81, 0.83, 1.0)  # neutral light grey: dark and bright photos both show
+MEASURE_SCALE = 2  # the measure image is the network image at 2x: clicks land on half pixels
+USER_ERRORS = (ImageError, IntrinsicsError, GeometryError, EngineError)
+
+
+# ----------------------------------------------------------------------------- app context
+
+
+@dataclass(frozen=True)
+class AppContext:
+    """What every handler needs: the shared engines, where result files go, the examples."""
+
+    backends: Backends
+    default_backend: str
+    store: OutputStore
+    catalog: ExampleCatalog
+
+
+_context: AppContext | None = None
+_context_lock = threading.Lock()
+
+
+def set_context(ctx: AppContext | None) -> None:
+    global _context
+    with _context_lock:
+        _context = ctx
+
+
+def context() -> AppContext:
+    """The running app's context; under `gradio app.py` (no main()) one with the defaults, made
+    on the first request, so importing this module never starts engines or makes folders."""
+    global _context
+    with _context_lock:
+        if _context is None:
+            args = parse_args([])
+            _context = AppContext(make_backends(resolve_model(args.model).path), args.backend,
+                                  OutputStore(max_age_s=args.keep_results), ExampleCatalog(EXAMPLES_DIR))
+        return _context
 
 
 def adb_server_port() -> int:
@@ -73,25 +125,424 @@ def make_backends(model_path: Path, serial: str | None = None, runner_dir: str |
     return Backends(lambda: HostEngine(model_path), device_engine)
 
 
-@contextlib.contextmanager
-def user_errors():
-    """Show every expected failure as a readable message; the server keeps serving."""
+def with_context(handler: Callable) -> Callable:
+    """`handler(ctx, *inputs)` as the `fn(*inputs)` Gradio calls; Gradio reads the signature
+    (for gr.Progress and gr.SelectData), so the wrapper shows it without `ctx`."""
+    @functools.wraps(handler)
+    def bound(*args, **kwargs):
+        return handler(context(), *args, **kwargs)
+
+    hints = typing.get_type_hints(handler)  # real types, not the strings of `from __future__ import annotations`
+    params = [p.replace(annotation=hints.get(p.name, p.annotation))
+              for p in list(inspect.signature(handler).parameters.values())[1:]]
+    bound.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        params, return_annotation=hints.get("return", inspect.Signature.empty))
+    bound.__annotations__ = {k: v for k, v in hints.items() if k != "ctx"}
+    del bound.__wrapped__
+    return bound
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def user_error(exc: Exception, title: str) -> gr.Error:
+    """An expected failure as the message a person reads; the server log gets one line."""
+    log.info("%s: %s", title, str(exc).partition("\n")[0])
+    return gr.Error(str(exc), title=title, print_exception=False)
+
+
+def call_safely(title: str, work: Callable[[], Any]) -> Any:
+    """work(), with expected failures as readable gr.Errors; the server keeps serving."""
     try:
-        yield
-    except (ImageError, IntrinsicsError, GeometryError, EngineError) as exc:
-        raise gr.Error(str(exc), title="Cannot compute depth") from exc
+        return work()
+    except USER_ERRORS as exc:
+        raise user_error(exc, title) from None
     except gr.Error:
         raise
     except Exception as exc:  # noqa: BLE001 - last line of defence for a public demo
         log.exception("unexpected failure")
-        raise gr.Error(f"Unexpected error ({type(exc).__name__}: {exc}). Details are in the server log.") from exc
+        raise gr.Error(f"Unexpected error ({type(exc).__name__}: {exc}). Details are in the server log.",
+                       title=title, print_exception=False) from None
 
 
-def _intrinsics(fx, fy, cx, cy) -> Intrinsics:
-    missing = [n for n, v in zip(("fx", "fy", "cx", "cy"), (fx, fy, cx, cy)) if v is None]
+def _number(name: str, value, unit: str = "pixels") -> float:
+    if value is None or value == "":
+        raise IntrinsicsError(f"Please fill in {name} ({unit}).")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise IntrinsicsError(f"{name} must be a number of {unit} (got {value!r}).") from None
+    return number
+
+
+def read_intrinsics(fx, fy, cx, cy) -> Intrinsics:
+    """The four fields as Intrinsics; a missing one is named (pixels of the uploaded photo)."""
+    missing = [n for n, v in zip(("fx", "fy", "cx", "cy"), (fx, fy, cx, cy)) if v is None or v == ""]
     if missing:
         raise IntrinsicsError(f"Please fill in {', '.join(missing)} (pixels of the uploaded photo).")
-    return Intrinsics(float(fx), float(fy), float(cx), float(cy))
+    return Intrinsics(*(_number(n, v) for n, v in zip(("fx", "fy", "cx", "cy"), (fx, fy, cx, cy))))
+
+
+def read_options(cmap, min_depth, max_depth, edge, voxel, fov: str = DEFAULT_FIELD_OF_VIEW) -> PipelineOptions:
+    """The display and point-cloud fields as PipelineOptions; each bad field is named."""
+    near = _number("Nearest point kept", min_depth, "meters")
+    far = _number("Farthest point kept", max_depth, "meters")
+    for name, value in (("Nearest point kept", near), ("Farthest point kept", far)):
+        if not math.isfinite(value) or value < 0:
+            raise IntrinsicsError(f"{name} must be a number of meters ≥ 0 (got {value:g}).")
+    if far <= near:
+        raise IntrinsicsError(f"The kept depth range is empty: nearest {near:g} m ≥ farthest {far:g} m.")
+    if cmap not in COLORMAPS:
+        raise IntrinsicsError(f"Unknown colormap {cmap!r}; choose one of {', '.join(COLORMAPS)}.")
+    if fov not in FIELDS_OF_VIEW:
+        raise IntrinsicsError(f"Unknown field of view {fov!r}; choose one of {', '.join(FIELDS_OF_VIEW.values())}.")
+    return PipelineOptions(colormap=cmap, field_of_view=fov,
+                           cloud=CloudFilter(min_depth=near, max_depth=far, edge_threshold=float(edge or 0.0),
+                                             voxel_size=float(voxel or 0.0)))
+
+
+# ----------------------------------------------------------------------------- the request
+
+
+def decode(path: str | None) -> tuple[LoadedImage, float]:
+    """The upright photo (decoded once per request) and the decode time in ms."""
+    if path is None or path == "":
+        raise ImageError("Please upload a photo or pick an example first.")
+    started = time.perf_counter()
+    image = load_image(path)
+    return image, (time.perf_counter() - started) * 1000.0
+
+
+@dataclass(frozen=True)
+class Computed:
+    result: PipelineResult  # result.estimate: the network's canonical depth, kept for re-rendering
+    pick: Pick
+
+
+def compute(ctx: AppContext, path: str | None, intrinsics: Intrinsics, options: PipelineOptions,
+            choice: str, provenance: dict[str, str], on_stage: Callable[[str, float], None] | None = None) -> Computed:
+    """One depth request, page or API: decode once, check the intrinsics, run the network on
+    the chosen backend, render everything. Raises the USER_ERRORS with readable messages."""
+    notify = on_stage or (lambda _what, _fraction: None)
+    notify("Decoding the photo", 0.05)
+    image, decode_ms = decode(path)
+    validate(intrinsics, image.width, image.height)  # before the network: a typo costs no run
+    notify("Framing the photo for the network", 0.1)
+
+    def work(pick: Pick) -> PipelineResult:
+        where = "the Pixel" if pick.where == "device" else "the host CPU"
+        return run(image, intrinsics, pick.engine, options, **provenance, store=ctx.store,
+                   on_stage=lambda what, f: notify(f"{what} on {where}" if "network" in what else what, f))
+
+    result, pick = ctx.backends.run(choice, work)
+    result.timings_ms["decode"] = decode_ms
+    return Computed(result, pick)
+
+
+def backend_info(info: dict, choice: str, pick: Pick, with_notice: bool) -> dict:
+    """The result's info plus the backend asked for and the one that ran (and, for the API,
+    the fallback notice; the page shows it once, in its status line)."""
+    info["backend"] = {"requested": choice, "used": pick.where}
+    if pick.notice and with_notice:
+        info["engine_details"]["notice"] = pick.notice
+    return info
+
+
+# ----------------------------------------------------------------------------- the API
+
+API_REQUEST = {"source": "API request", "confidence": "calibrated", "reason": "fx, fy, cx, cy sent with the request"}
+
+
+def predict(ctx: AppContext, image: FileData, fx: float, fy: float, cx: float, cy: float,
+            backend: str | None = None) -> tuple[FileData, FileData, FileData, dict]:
+    """Photo + intrinsics (pixels of the photo) [+ backend auto|host|device, default: the server's]
+    -> depth colormap .png, point cloud .ply (m, OpenCV camera axes), depth .npy (m), info."""
+    choice = backend or ctx.default_backend
+
+    def work() -> tuple[FileData, FileData, FileData, dict]:
+        path = image.get("path") if isinstance(image, dict) else getattr(image, "path", None)
+        done = compute(ctx, path, read_intrinsics(fx, fy, cx, cy), PipelineOptions(), choice, API_REQUEST)
+        files = done.result.files
+        colormap = files.folder / "depth_colormap.png"
+        Image.fromarray(done.result.colormap).save(colormap, compress_level=1)
+        info = backend_info(done.result.info(), choice, done.pick, with_notice=True)
+        return (FileData(path=str(colormap)), FileData(path=str(files.ply)), FileData(path=str(files.depth_npy)),
+                info)
+
+    return call_safely("Cannot compute depth", work)
+
+
+def intrinsics_api(ctx: AppContext, image: FileData) -> dict:
+    """Photo -> the intrinsics the page suggests (pixels of the upright photo): width, height,
+    fx, fy, cx, cy, source, confidence (calibrated, exif, exif-uncertain or assumed) and reason."""
+
+    def work() -> dict:
+        path = image.get("path") if isinstance(image, dict) else getattr(image, "path", None)
+        loaded, _ = decode(path)
+        return {"width": loaded.width, "height": loaded.height,
+                **suggest_intrinsics(loaded, path, ctx.catalog).as_dict()}
+
+    return call_safely("Cannot read this photo", work)
+
+
+def status_api(ctx: AppContext) -> dict:
+    """Where requests run: the phone in use (model, serial, runner, accelerator) or why not."""
+    return ctx.backends.status()
+
+
+def look_for_phone_api(ctx: AppContext) -> dict:
+    """Look for the phone again (after plugging it in); returns the new status."""
+    ctx.backends.look_for_phone()
+    return ctx.backends.status()
+
+
+# ----------------------------------------------------------------------------- page handlers
+
+
+@dataclass(frozen=True)
+class PhotoResult:
+    """What a browser session keeps of its current photo (gr.State): one network run (the
+    Estimate: canonical depth on the network grid and on the download grid, the network image,
+    the framing), the last good intrinsics and options, the measure clicks and counters.
+    Never the upload itself."""
+
+    photo: str
+    estimate: Estimate
+    backend: dict
+    intrinsics: Intrinsics
+    source: dict[str, str]  # IntrinsicsChoice.provenance(): source, confidence, reason
+    options: PipelineOptions
+    network_runs: int = 1
+    rerenders: int = 0
+    rerender_ms: float | None = None
+    clicks: tuple[tuple[float, float], ...] = field(default_factory=tuple)  # network-image pixels, at most 2
+    failed: str = ""  # the message of the last failed request, so one mistake gives one toast
+
+
+def _photo_name(path: str | None) -> str:
+    return Path(path).name if path else "the photo"
+
+
+def show_status(ctx: AppContext, choice: str | None):
+    status = ctx.backends.status()
+    choice = choice or ctx.default_backend
+    return gr.Accordion(label=status_line(status, choice)), status_markdown(status, choice)
+
+
+def page_loaded(ctx: AppContext):
+    return (gr.Radio(value=ctx.default_backend), *show_status(ctx, ctx.default_backend))
+
+
+def choose_backend(ctx: AppContext, choice: str):
+    if choice != "host" and not ctx.backends.status()["looked_for_phone"]:
+        ctx.backends.look_for_phone()
+    return show_status(ctx, choice)
+
+
+def look_again(ctx: AppContext, choice: str):
+    ctx.backends.look_for_phone()
+    return show_status(ctx, choice)
+
+
+EMPTY_HINT = "Upload a photo or pick an example to fill in the intrinsics."
+NO_RESULT = "No result yet: press **Estimate depth**."
+
+
+def cleared_results(message: str) -> tuple:
+    """Values for RESULT_OUTPUTS that empty every result at once (a new photo, or none)."""
+    return (None, None, None, None, "Press **Estimate depth**, then click two points on the photo.", None,
+            message, None, None, "")
+
+
+def describe(ctx: AppContext, path: str | None):
+    """A new photo (upload, example, remove): fill in the intrinsics, clear the old results."""
+    if not path:
+        return (None, None, None, None, EMPTY_HINT, None, FROM_PHOTO, None, *cleared_results(NO_RESULT))
+    cleared = (*cleared_results(f"New photo **{_photo_name(path)}**: press **Estimate depth**.")[:-1],
+               f"New photo **{_photo_name(path)}**: the old results are cleared; press **Estimate depth**.")
+    try:
+        image, _ = decode(path)
+        choice = suggest_intrinsics(image, path, ctx.catalog)
+    except USER_ERRORS as exc:
+        message = str(exc)
+        toast("Cannot read this photo", message)
+        return (None, None, None, None, EMPTY_HINT, None, FROM_PHOTO, None,
+                *cleared[:-1], f"⚠️ **Cannot read this photo:** {message}")
+    k = choice.intrinsics
+    return (round(k.fx, 3), round(k.fy, 3), round(k.cx, 3), round(k.cy, 3), intrinsics_line(choice.provenance()),
+            choice.provenance(), FROM_PHOTO, (image.width, image.height), *cleared)
+
+
+def apply_preset(ctx: AppContext, preset: str, path: str | None, size: tuple[int, int] | None):
+    if preset == FROM_PHOTO:
+        return describe(ctx, path)[:7]
+    if size is None:
+        toast("No photo yet", "Upload a photo first: presets depend on its size.")
+        return (gr.skip(),) * 7
+    choice = PRESETS[preset](*size)
+    k = choice.intrinsics
+    return (round(k.fx, 3), round(k.fy, 3), round(k.cx, 3), round(k.cy, 3), intrinsics_line(choice.provenance()),
+            choice.provenance(), preset)
+
+
+def edited_by_hand(ctx: AppContext):
+    return intrinsics_line(BY_HAND), BY_HAND
+
+
+def _viewer(result: PipelineResult) -> gr.Model3D:
+    return gr.Model3D(str(result.files.view_ply), camera_position=(*VIEW_ANGLES_DEG, result.view_radius))
+
+
+def _shown(state: PhotoResult, result: PipelineResult, fov: str) -> tuple:
+    """RESULT_OUTPUTS for a good result of `state`'s photo (the banner keeps a pending field-of-view change)."""
+    info = result.info()
+    info["backend"] = state.backend
+    info["session"] = {"photo": state.photo, "network_runs": state.network_runs, "rerenders": state.rerenders,
+                       "rerender_ms": None if state.rerender_ms is None else round(state.rerender_ms, 1)}
+    files = [str(result.files.depth_npy), str(result.files.depth_png), str(result.files.intrinsics_json),
+             str(result.files.ply)]
+    picture = measure_image(state.estimate) if state.rerenders == 0 else gr.skip()  # same picture: clicks stay
+    content = result.framing.content
+    return (result.colormap, (result.network_rgb[content], result.colored[content]), _viewer(result), picture,
+            measure_readout(state),
+            files, info_markdown(info), info, state, field_of_view_changed(None, fov, state))
+
+
+def toast(title: str, message: str) -> None:
+    """A message in the page's corner. Gradio 6.31 heads every toast with its kind ("Warning")
+    whatever the title, so the title leads the text. A warning, not gr.Error: raising would
+    mark every output of the event as failed and hide the last good result."""
+    log.info("%s: %s", title, message.partition("\n")[0])
+    gr.Warning(f"<b>{title}:</b> {message}", title=title)
+
+
+def _kept(title: str, exc: Exception, state: PhotoResult | None) -> tuple:
+    """RESULT_OUTPUTS after a failed request: every result stays, the banner says why and whose."""
+    message = str(exc)
+    if state is None or state.failed != message:
+        toast(title, message)
+    kept = (f" The results below are still those of **{state.photo}** (last good settings)."
+            if state is not None else "")
+    new_state = gr.skip() if state is None else replace(state, failed=message)
+    return (*(gr.skip(),) * 8, new_state, f"⚠️ **{title}:** {message}{kept}")
+
+
+def estimate(ctx: AppContext, path, fx, fy, cx, cy, source, cmap, min_depth, max_depth, edge, voxel, fov, choice,
+             state: PhotoResult | None, progress=gr.Progress()):
+    """Estimate depth button: run the network on the photo, keep the run for re-rendering."""
+    choice = choice or ctx.default_backend
+    try:
+        intrinsics = read_intrinsics(fx, fy, cx, cy)
+        options = read_options(cmap, min_depth, max_depth, edge, voxel, fov)
+        done = compute(ctx, path, intrinsics, options, choice, source or BY_HAND,
+                       lambda what, f: progress(f, desc=what))
+    except USER_ERRORS as exc:
+        return (*_kept("Cannot compute depth", exc, state), *show_status(ctx, choice))
+    runs = state.network_runs + 1 if state is not None and state.photo == _photo_name(path) else 1
+    new = PhotoResult(_photo_name(path), done.result.estimate, {"requested": choice, "used": done.pick.where},
+                      intrinsics, source or BY_HAND, options, network_runs=runs)
+    return (*_shown(new, done.result, fov), *show_status(ctx, choice))
+
+
+def rerender(ctx: AppContext, fx, fy, cx, cy, source, cmap, min_depth, max_depth, edge, voxel, fov,
+             state: PhotoResult | None):
+    """An option or intrinsics change: re-derive everything from the kept run, no network."""
+    if state is None:
+        return (gr.skip(),) * 10
+    started = time.perf_counter()
+    try:
+        intrinsics = read_intrinsics(fx, fy, cx, cy)
+        options = read_options(cmap, min_depth, max_depth, edge, voxel)
+        options = replace(options, field_of_view=state.estimate.framing.mode)  # a new view needs the network
+        if (intrinsics, options, source or BY_HAND) == (state.intrinsics, state.options, state.source) \
+                and not state.failed:
+            return (gr.skip(),) * 10  # a field left without a change: nothing to redraw
+        result = rerender_result(state.estimate, intrinsics, options, **(source or BY_HAND),
+                                 store=ctx.store)
+    except USER_ERRORS as exc:
+        return _kept("Cannot redraw", exc, state)
+    new = replace(state, intrinsics=intrinsics, source=source or BY_HAND, options=options,
+                  rerenders=state.rerenders + 1, rerender_ms=(time.perf_counter() - started) * 1000.0, failed="")
+    return _shown(new, result, fov)
+
+
+def estimate_new_view(ctx: AppContext, path, fx, fy, cx, cy, source, cmap, min_depth, max_depth, edge, voxel, fov,
+                      choice, state: PhotoResult | None, progress=gr.Progress()):
+    """A new field of view: the network must see the new framing, so a result on screen is
+    estimated again (without one, the choice waits for the button)."""
+    if state is None:
+        return (gr.skip(),) * 12
+    return estimate(ctx, path, fx, fy, cx, cy, source, cmap, min_depth, max_depth, edge, voxel, fov, choice, state,
+                    progress)
+
+
+def field_of_view_changed(ctx: AppContext | None, fov: str, state: PhotoResult | None) -> str:
+    """While a new field of view is being computed, say that the results on screen are the old view's."""
+    if state is None or state.estimate.framing.mode == fov:
+        return ""
+    return (f"Field of view: **{FIELDS_OF_VIEW.get(fov, fov)}** — the network is running on it. The results below "
+            f"are still **{state.photo}** in the {FIELDS_OF_VIEW[state.estimate.framing.mode]} view.")
+
+
+def _metric(state: PhotoResult) -> tuple[np.ndarray, Intrinsics]:
+    """Metric depth on the network grid (NaN on padding) and its intrinsics, for the measure tool."""
+    net_intr = state.estimate.framing.network_intrinsics(state.intrinsics)
+    return metric_depth(state.estimate.canonical, net_intr.fx, state.estimate.canonical_focal), net_intr
+
+
+def measure_image(est: Estimate) -> np.ndarray:
+    """The picture to click on: the part of the network image that shows the photo, at
+    MEASURE_SCALE x (the browser draws the markers)."""
+    picture = est.network_rgb[est.framing.content]
+    height, width = picture.shape[:2]
+    return np.asarray(Image.fromarray(np.ascontiguousarray(picture)).resize(
+        (width * MEASURE_SCALE, height * MEASURE_SCALE), Image.Resampling.BILINEAR))
+
+
+def measure_readout(state: PhotoResult) -> str:
+    """The clicked points in the photo's own pixels, their 3D points (m, camera axes: x right,
+    y down, z forward) and the distance between them."""
+    if not state.clicks:
+        return "Click two points on the photo to measure the distance between them in 3D."
+    depth, net_intr = _metric(state)
+    lines, points = [], []
+    for number, (u, v) in enumerate(state.clicks, 1):
+        px, py = (float(c) for c in state.estimate.framing.network_to_photo(u, v))
+        try:
+            point = point_at(depth, net_intr, (u, v))
+        except GeometryError as exc:
+            lines.append(f"Point {number} at photo pixel ({px:.0f}, {py:.0f}): {exc}")
+            continue
+        points.append(point)
+        lines.append(f"Point {number} at photo pixel ({px:.0f}, {py:.0f}): "
+                     f"({point[0]:.3f}, {point[1]:.3f}, {point[2]:.3f}) m")
+    if len(points) == 2:
+        lines.insert(0, f"**Distance: {float(np.linalg.norm(points[0] - points[1])):.3f} m**")
+    elif len(state.clicks) == 1:
+        lines.append("Click a second point.")
+    return "  \n".join(lines)
+
+
+def measure_clicks(ctx: AppContext, clicks: str, state: PhotoResult | None):
+    """The browser's click list for the measure image (frontend/page.js keeps it and presses the
+    hidden #measure-send button, whose `js` step reads it, so no click is lost whatever the
+    timing: each event carries every click of the pair, in order, and with
+    trigger_mode="always_last" the newest list is handled last). Points are in the measure
+    image's pixels, continuous (pixel centres at +0.5)."""
+    if state is None:
+        return "Press **Estimate depth** first.", gr.skip()
+    try:
+        doc = json.loads(clicks or "{}")
+        points = [(float(x), float(y)) for x, y in doc.get("points", [])][-2:]
+    except (ValueError, TypeError):
+        return gr.skip(), gr.skip()
+    framing = state.estimate.framing
+    new = replace(state, clicks=tuple((x / MEASURE_SCALE - 0.5 + framing.left, y / MEASURE_SCALE - 0.5 + framing.top)
+                                      for x, y in points))
+    return measure_readout(new), new
+
+
+# ----------------------------------------------------------------------------- the page
 
 
 _gradio_sweep = gradio_route_utils.delete_files_created_by_app
@@ -131,226 +582,133 @@ class PhotoInput(gr.Image):
             return str(payload.path) if payload is not None and payload.path else None
 
 
-def _load(path: str | bytes | None):
-    if path is None or path == "":
-        raise ImageError("Please upload a photo or pick an example first.")
-    started = time.perf_counter()
-    image = load_image(path)
-    return image, (time.perf_counter() - started) * 1000.0
-
-
-def with_backend(info: dict, choice: str, pick: Pick) -> dict:
-    """The result's info plus the backend asked for, the one that ran, and any fallback notice."""
-    info["backend"] = {"requested": choice, "used": pick.where}
-    if pick.notice:
-        info["engine_details"]["notice"] = pick.notice
-    return info
-
-
-def build_demo(backends: Backends, default_backend: str, store: OutputStore, catalog: ExampleCatalog,
-               keep_results_s: int = serving.DEFAULT_RESULT_MAX_AGE_S) -> gr.Blocks:
-    """Lay out the page and connect it to the backend."""
+def build_demo(keep_results_s: int = serving.DEFAULT_RESULT_MAX_AGE_S) -> gr.Blocks:
+    """Lay out the page and connect it to the handlers (no engine is touched here)."""
     light = serving.LIGHT_CONCURRENCY
     depth_pool = {"concurrency_id": serving.DEPTH_POOL, "concurrency_limit": serving.DEPTH_CONCURRENCY}
     phone_pool = {"concurrency_id": "phone", "concurrency_limit": 1}  # one phone search at a time
-
-    def show_status(choice: str) -> str:
-        return status_markdown(backends.status(), choice)
-
-    def choose_backend(choice: str) -> str:
-        if choice != "host" and not backends.status()["looked_for_phone"]:
-            backends.look_for_phone()
-        return show_status(choice)
-
-    def look_again(choice: str) -> str:
-        backends.look_for_phone()
-        return show_status(choice)
-
-    def status_api() -> dict:
-        """API: where requests run: the phone in use (model, serial, runner, accelerator) or why not."""
-        return backends.status()
-
-    def look_for_phone_api() -> dict:
-        """API: look for the phone again (after plugging it in); returns the new status."""
-        backends.look_for_phone()
-        return backends.status()
-
-    def describe(path: str | None):
-        if not path:
-            return None, None, None, None, "Upload a photo to fill in the intrinsics.", "", FROM_PHOTO, None
-        with user_errors():
-            image, _ = _load(path)
-        choice = suggest_intrinsics(image, path, catalog)
-        k = choice.intrinsics
-        return (round(k.fx, 3), round(k.fy, 3), round(k.cx, 3), round(k.cy, 3), intrinsics_line(choice.provenance()),
-                choice.provenance(), FROM_PHOTO, (image.width, image.height))
-
-    def apply_preset(preset: str, path: str | None, size: tuple[int, int] | None):
-        if preset == FROM_PHOTO:
-            return describe(path)[:7]
-        if size is None:
-            raise gr.Error("Upload a photo first: presets depend on its size.")
-        choice = PRESETS[preset](*size)
-        k = choice.intrinsics
-        return (round(k.fx, 3), round(k.fy, 3), round(k.cx, 3), round(k.cy, 3), intrinsics_line(choice.provenance()),
-                choice.provenance(), preset)
-
-    def edited_by_hand():
-        return intrinsics_line(BY_HAND), BY_HAND
-
-    def estimate(path, fx, fy, cx, cy, source, cmap, min_depth, max_depth, edge, voxel, choice,
-                 progress=gr.Progress()):
-        with user_errors():
-            progress(0.05, desc="Decoding the photo")
-            image, decode_ms = _load(path)
-            if max_depth <= min_depth:
-                raise IntrinsicsError(f"The depth range is empty: min {min_depth} m ≥ max {max_depth} m.")
-            options = PipelineOptions(colormap=cmap, cloud=CloudFilter(
-                min_depth=float(min_depth), max_depth=float(max_depth),
-                edge_threshold=float(edge), voxel_size=float(voxel)))
-            intrinsics = _intrinsics(fx, fy, cx, cy)
-            result, pick = backends.run(choice, lambda p: run(
-                image, intrinsics, p.engine, options, **(source or BY_HAND), store=store,
-                on_stage=lambda what, f: progress(f, desc=what)))
-            result.timings_ms["decode"] = decode_ms
-        info = with_backend(result.info(), choice, pick)
-        files = [str(result.files.depth_npy), str(result.files.depth_png), str(result.files.ply)]
-        view = gr.Model3D(str(result.files.view_ply), camera_position=(*VIEW_ANGLES, result.cloud_center_distance))
-        return (result.colormap, (result.network_rgb, result.colored), view, result.colored,
-                files, info_markdown(info), info, _measure_state(result), [],
-                "Click a first point on the depth image.", show_status(choice))
-
-    def click_to_measure(state, points, evt: gr.SelectData):
-        if state is None:
-            return points, "Run the depth estimation first."
-        point = (float(evt.index[0]), float(evt.index[1]))
-        points = (points or [])[-1:] + [point] if len(points or []) < 2 else [point]
-        depth, intr = state
-        if len(points) == 1:
-            with user_errors():
-                z = float(depth[int(round(point[1])), int(round(point[0]))])
-            return points, f"Point 1 at ({point[0]:.0f}, {point[1]:.0f}), depth {z:.2f} m. Click a second point."
-        with user_errors():
-            meters = measure(depth, intr, points[0], points[1])
-        (x1, y1), (x2, y2) = points
-        return points, f"**Distance: {meters:.3f} m** between ({x1:.0f}, {y1:.0f}) and ({x2:.0f}, {y2:.0f})."
-
-    def predict(image, fx, fy, cx, cy, backend: str | None = None):
-        """API: photo + intrinsics (pixels of the photo) [+ backend auto|host|device, default: the server's]
-        -> colormap, point cloud .ply, depth .npy (m), info."""
-        choice = backend or default_backend
-        with user_errors():
-            loaded, decode_ms = _load(image)
-            intrinsics = _intrinsics(fx, fy, cx, cy)
-            result, pick = backends.run(choice, lambda p: run(
-                loaded, intrinsics, p.engine, PipelineOptions(), source="API request",
-                reason="fx, fy, cx, cy sent with the request", store=store))
-            result.timings_ms["decode"] = decode_ms
-        return result.colormap, str(result.files.ply), str(result.files.depth_npy), with_backend(
-            result.info(), choice, pick)
-
-    def intrinsics_api(image) -> dict:
-        """API: photo -> the intrinsics the page suggests (pixels of the upright photo): width, height, fx, fy,
-        cx, cy, source, confidence (calibrated, exif, exif-uncertain or assumed) and reason."""
-        with user_errors():
-            loaded, _ = _load(image)
-        return {"width": loaded.width, "height": loaded.height,
-                **suggest_intrinsics(loaded, image, catalog).as_dict()}
-
-    with gr.Blocks(title="Metric3D v2 metric depth (LiteRT)", delete_cache=serving.cache_schedule(keep_results_s)) \
-            as demo:
+    private = {"api_visibility": "private"}
+    catalog = ExampleCatalog(EXAMPLES_DIR)
+    with warnings.catch_warnings():
+        # Gradio 6 takes css/js in launch() and warns when Blocks gets them; given here they also
+        # reach the page under `gradio app.py`, whose reload runner calls demo.launch() itself.
+        warnings.simplefilter("ignore", UserWarning)
+        page = gr.Blocks(title="Metric3D v2 metric depth (LiteRT)", delete_cache=serving.cache_schedule(keep_results_s),
+                         css=(FRONTEND / "page.css").read_text(encoding="utf-8"),
+                         js=(FRONTEND / "page.js").read_text(encoding="utf-8"))
+    with page as demo:
         gr.Markdown(
-            "# Metric3D v2 — metric depth from one photo\n"
-            "Depth is in meters; it needs the camera's focal length in pixels, filled in from EXIF or an "
-            "example's calibration when known. The network runs on a USB-connected Pixel or on this computer's CPU.")
-        with gr.Accordion("Where the network runs", open=True, elem_id="backend-panel"):
+            "## Metric3D v2 — metric depth from one photo\n"
+            "Depth in meters from one photo and the camera's focal length in pixels (filled in from EXIF or an "
+            "example's calibration when known), computed on a USB-connected Pixel or on this computer's CPU.",
+            elem_id="intro")
+        with gr.Accordion("Looking at the backends…", open=False, elem_id="backend-panel") as backend_panel:
             with gr.Row():
                 backend = gr.Radio([(BACKEND_LABELS[b], b) for b in ("auto", "device", "host")],
-                                   value=default_backend, label="Backend", scale=3)
+                                   value="auto", label="Backend", scale=3)
                 look_btn = gr.Button("Look for the phone again", scale=1)
-            status_md = gr.Markdown("Looking at the backends…", elem_id="status-panel")
+            status_md = gr.Markdown("", elem_id="status-panel")
         size_state = gr.State(None)
-        source_state = gr.State("")
-        measure_state = gr.State(None)
-        points_state = gr.State([])
-        with gr.Row():
-            with gr.Column(scale=4):
+        source_state = gr.State(None)
+        photo_state = gr.State(None, time_to_live=keep_results_s)  # as long as the result files live
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4, min_width=320):
                 image = PhotoInput(type="filepath", image_mode=None, label="Photo", sources=["upload", "clipboard"],
-                                 height=360)
+                                   height=300, elem_id="photo-input")
                 gr.Examples([[str(e.path)] for e in catalog.examples], inputs=[image], label="Examples",
                             example_labels=[e.path.stem for e in catalog.examples])
+                run_btn = gr.Button("Estimate depth", variant="primary", elem_id="estimate")
+                notice_md = gr.Markdown("", elem_id="notice")
                 with gr.Group():
                     preset = gr.Dropdown([FROM_PHOTO, *PRESETS], value=FROM_PHOTO, label="Camera")
-                    with gr.Row():
-                        fx = gr.Number(label="fx (px)", minimum=0)
-                        fy = gr.Number(label="fy (px)", minimum=0)
-                        cx = gr.Number(label="cx (px)")
-                        cy = gr.Number(label="cy (px)")
-                    source_md = gr.Markdown("Upload a photo to fill in the intrinsics.")
-                with gr.Accordion("Display and point-cloud options", open=False):
+                    with gr.Row(elem_id="intrinsics-row"):
+                        fx = gr.Textbox(label="fx (px)", placeholder="from the photo", min_width=80)
+                        fy = gr.Textbox(label="fy (px)", placeholder="from the photo", min_width=80)
+                        cx = gr.Textbox(label="cx (px)", placeholder="from the photo", min_width=80)
+                        cy = gr.Textbox(label="cy (px)", placeholder="from the photo", min_width=80)
+                    source_md = gr.Markdown(EMPTY_HINT)
+                    fov = gr.Radio([(label, value) for value, label in FIELDS_OF_VIEW.items()],
+                                   value=DEFAULT_FIELD_OF_VIEW, label="Field of view",
+                                   info="Full photo: the whole frame, padded to the network's square. "
+                                        "Centre square: the middle square only.")
+                with gr.Accordion("Display and point-cloud options (redraw at once, no network run)", open=False):
                     cmap = gr.Dropdown(list(COLORMAPS), value="turbo", label="Colormap")
                     with gr.Row():
-                        min_depth = gr.Number(0.1, label="Nearest point kept (m)", minimum=0)
-                        max_depth = gr.Number(MAX_METRIC_DEPTH, label="Farthest point kept (m)", minimum=0)
+                        min_depth = gr.Number(0.1, label="Nearest point kept (m)")
+                        max_depth = gr.Number(MAX_METRIC_DEPTH, label="Farthest point kept (m)")
                     edge = gr.Slider(0.0, 0.5, value=0.05, step=0.01, label="Remove depth edges (relative jump, 0 = off)")
                     voxel = gr.Slider(0.0, 0.2, value=0.0, step=0.005, label="Voxel size for thinning (m, 0 = off)")
-                run_btn = gr.Button("Estimate depth", variant="primary")
-            with gr.Column(scale=6):
-                colormap = gr.Image(label="Depth (meters)", format="png", interactive=False, elem_id="depth-colormap")
-                slider = gr.ImageSlider(label="Photo (network crop) vs depth", type="numpy", interactive=False)
-                cloud = gr.Model3D(label="Point cloud", display_mode="point_cloud", clear_color=(0.08, 0.08, 0.1, 1.0),
-                                   camera_position=(*VIEW_ANGLES, 5.0), height=420, elem_id="point-cloud")
-                with gr.Accordion("Measure a distance", open=True):
-                    measure_img = gr.Image(label="Click two points", interactive=False, format="png",
-                                           elem_id="measure-image")
-                    measure_md = gr.Markdown("Run the depth estimation, then click two points.")
-                downloads = gr.File(label="Downloads: depth .npy (m), depth 16-bit PNG (mm), point cloud .ply",
-                                    file_count="multiple", interactive=False)
+            with gr.Column(scale=6, min_width=320):
+                with gr.Row(equal_height=False):
+                    colormap = gr.Image(label="Depth (meters)", format="png", interactive=False,
+                                        elem_id="depth-colormap", height=340, min_width=300)
+                    with gr.Column(min_width=300):
+                        measure_img = gr.Image(label="Measure: click two points",
+                                               interactive=False, format="jpeg", elem_id="measure-image",
+                                               height=300)
+                        measure_md = gr.Markdown("Press **Estimate depth**, then click two points on the photo.",
+                                                 elem_id="measure-readout")
+                        clicks_box = gr.Textbox(elem_id="measure-clicks", show_label=False, container=False)
+                        clicks_btn = gr.Button("Measure", elem_id="measure-send")
+                cloud = gr.Model3D(label="Point cloud (viewer copy, turned 180° for display; the camera-frame "
+                                         "file is point_cloud.ply in Downloads)",
+                                   display_mode="point_cloud", clear_color=VIEWER_BACKGROUND,
+                                   camera_position=(*VIEW_ANGLES_DEG, None), height=420, elem_id="point-cloud")
                 with gr.Accordion("Info", open=True, elem_id="info-panel"):
-                    info_md = gr.Markdown("Engine and model details appear here after a run.")
-                    info_json = gr.JSON(label="All details", open=False)
+                    info_md = gr.Markdown(NO_RESULT, elem_id="info-text")
+                    with gr.Accordion("All details (JSON, as the API returns them)", open=False):
+                        info_json = gr.JSON(label="All details", open=True)
+                downloads = gr.File(label=f"Downloads at the photo's resolution: depth .npy (m), depth 16-bit PNG "
+                                          f"(mm; 0 = no depth or beyond {MAX_PNG_MM / 1000:g} m), intrinsics.json "
+                                          "(their K), point cloud .ply (m, camera axes)",
+                                    file_count="multiple", interactive=False)
+                slider = gr.ImageSlider(label="What the network saw vs depth", type="numpy", interactive=False)
 
-        demo.load(show_status, [backend], [status_md], concurrency_limit=light, api_visibility="private")
-        backend.change(choose_backend, [backend], [status_md], api_visibility="private", **phone_pool)
-        look_btn.click(look_again, [backend], [status_md], api_visibility="private", **phone_pool)
+        results = [colormap, slider, cloud, measure_img, measure_md, downloads, info_md, info_json, photo_state,
+                   notice_md]
+        status_out = [backend_panel, status_md]
         intr_fields = [fx, fy, cx, cy, source_md, source_state, preset]
-        image.change(describe, [image], [*intr_fields, size_state], concurrency_limit=light,
-                     api_visibility="private")
-        preset.input(apply_preset, [preset, image, size_state], intr_fields, concurrency_limit=light,
-                     api_visibility="private")
-        for field in (fx, fy, cx, cy):
-            field.input(edited_by_hand, None, [source_md, source_state], concurrency_limit=light,
-                        api_visibility="private")
-        run_btn.click(
-            estimate, [image, fx, fy, cx, cy, source_state, cmap, min_depth, max_depth, edge, voxel, backend],
-            [colormap, slider, cloud, measure_img, downloads, info_md, info_json, measure_state, points_state,
-             measure_md, status_md],
-            api_visibility="private", **depth_pool)
-        measure_img.select(click_to_measure, [measure_state, points_state], [points_state, measure_md],
-                           concurrency_limit=light, api_visibility="private")
+        render_inputs = [fx, fy, cx, cy, source_state, cmap, min_depth, max_depth, edge, voxel, fov, photo_state]
+        redraw = {"trigger_mode": "always_last", "show_progress": "hidden", "concurrency_limit": light, **private}
 
-        with gr.Row(visible=False):
-            api_image = gr.File(label="image", type="binary")
-            api_fx, api_fy, api_cx, api_cy = (gr.Number(label=n) for n in ("fx", "fy", "cx", "cy"))
-            api_backend = gr.Textbox(label="backend")
-            api_colormap = gr.Image(label="colormap", format="png")
-            api_ply = gr.File(label="point cloud (.ply)")
-            api_npy = gr.File(label="depth (.npy, meters)")
-            api_info = gr.JSON(label="info")
-            api_status = gr.JSON(label="status")
-            api_intrinsics, api_intrinsics_trigger = gr.JSON(label="intrinsics"), gr.Button()
-            api_trigger, api_status_trigger, api_look_trigger = gr.Button(), gr.Button(), gr.Button()
-        api_trigger.click(predict, [api_image, api_fx, api_fy, api_cx, api_cy, api_backend],
-                          [api_colormap, api_ply, api_npy, api_info], api_name="predict", **depth_pool)
-        api_intrinsics_trigger.click(intrinsics_api, [api_image], api_intrinsics, api_name="intrinsics",
-                                     concurrency_limit=light)
-        api_status_trigger.click(status_api, None, api_status, api_name="status", concurrency_limit=light)
-        api_look_trigger.click(look_for_phone_api, None, api_status, api_name="look_for_phone", **phone_pool)
+        demo.load(with_context(page_loaded), None, [backend, *status_out], concurrency_limit=light, **private)
+        backend.input(with_context(choose_backend), [backend], status_out, **phone_pool, **private)
+        look_btn.click(with_context(look_again), [backend], status_out, **phone_pool, **private)
+        image.change(with_context(describe), [image], [*intr_fields, size_state, *results], concurrency_limit=light,
+                     **private)
+        preset.input(with_context(apply_preset), [preset, image, size_state], intr_fields, concurrency_limit=light,
+                     **private).then(with_context(rerender), render_inputs, results, **redraw)
+        for number in (fx, fy, cx, cy):
+            number.input(with_context(edited_by_hand), None, [source_md, source_state], concurrency_limit=light,
+                         **private)
+        for number in (fx, fy, cx, cy, min_depth, max_depth):
+            number.submit(with_context(rerender), render_inputs, results, **redraw)
+            number.blur(with_context(rerender), render_inputs, results, **redraw)
+        cmap.input(with_context(rerender), render_inputs, results, **redraw)
+        for slider_input in (edge, voxel):
+            slider_input.release(with_context(rerender), render_inputs, results, **redraw)
+        run_btn.click(with_context(estimate),
+                      [image, fx, fy, cx, cy, source_state, cmap, min_depth, max_depth, edge, voxel, fov, backend,
+                       photo_state], [*results, *status_out], **private, **depth_pool)
+        # A new field of view changes what the network sees: with a result on screen, it runs the network again.
+        fov.input(with_context(estimate_new_view),
+                  [image, fx, fy, cx, cy, source_state, cmap, min_depth, max_depth, edge, voxel, fov, backend,
+                   photo_state], [*results, *status_out], **private, **depth_pool)
+        clicks_btn.click(with_context(measure_clicks), [clicks_box, photo_state], [measure_md, photo_state],
+                         js="(clicks, state) => [window.metric3dMeasureClicks(), state]",
+                         trigger_mode="always_last", show_progress="hidden", concurrency_limit=light, **private)
+
+        gr.api(with_context(predict), api_name="predict", **depth_pool)
+        gr.api(with_context(intrinsics_api), api_name="intrinsics", concurrency_limit=light)
+        gr.api(with_context(status_api), api_name="status", concurrency_limit=light)
+        gr.api(with_context(look_for_phone_api), api_name="look_for_phone", **phone_pool)
     return demo
 
 
-def _measure_state(result: PipelineResult):
-    return result.depth, result.network_intrinsics
+demo = build_demo()
+
+
+# ----------------------------------------------------------------------------- start-up
 
 
 def _positive_seconds(text: str) -> int:
@@ -416,8 +774,21 @@ def start_engines(args: argparse.Namespace, model_path: Path) -> Backends:
     return backends
 
 
+def banner(args: argparse.Namespace, url: str, share_url: str | None) -> str:
+    """What the console says once the page is up (Gradio's own lines are silenced: its advice
+    to set share=True in launch() is not how this app is switched)."""
+    lines = [f"Open {url} in a browser."]
+    if share_url:
+        lines.append(f"Public link (anyone who has it can use this machine): {share_url}")
+    elif args.host in serving.LOOPBACK_HOSTS:
+        lines.append("Only this computer can open it; `--host 0.0.0.0` serves your network, `--share` makes a "
+                     "public link.")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Gradio self-check otherwise
     args = parse_args(argv)
     for warning in serving.exposure_warnings(args.host, args.share):
         print(warning, file=sys.stderr, flush=True)
@@ -432,13 +803,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["GRADIO_TEMP_DIR"] = str(serving.private_subdir(private, "gradio"))  # uploads + Gradio's cache
     store = OutputStore(root=private, max_age_s=args.keep_results)
     stop_pruning = start_pruner(store, serving.cache_schedule(args.keep_results)[0])
+    set_context(AppContext(backends, args.backend, store, ExampleCatalog(EXAMPLES_DIR)))
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        demo = build_demo(backends, args.backend, store, ExampleCatalog(EXAMPLES_DIR), args.keep_results)
-        demo.queue(default_concurrency_limit=serving.DEPTH_CONCURRENCY, max_size=serving.QUEUE_MAX_SIZE)
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=gr.themes.Default(),
-                    css=CSS, allowed_paths=[str(store.root), str(EXAMPLES_DIR)],
-                    max_file_size=serving.MAX_UPLOAD_BYTES, show_error=False)
+        page = build_demo(args.keep_results)  # anew: Gradio reads GRADIO_TEMP_DIR when components are made
+        page.queue(default_concurrency_limit=serving.DEPTH_CONCURRENCY, max_size=serving.QUEUE_MAX_SIZE)
+        _, url, share_url = page.launch(
+            server_name=args.host, server_port=args.port, share=args.share, theme=gr.themes.Default(),
+            allowed_paths=[str(store.root), str(EXAMPLES_DIR)], max_file_size=serving.MAX_UPLOAD_BYTES,
+            show_error=False, quiet=True, prevent_thread_lock=True)
+        print(banner(args, url, share_url), flush=True)
+        page.block_thread()
     except KeyboardInterrupt:
         pass
     finally:
@@ -449,5 +824,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def reload_mode() -> bool:
+    """True under `gradio app.py`: its reload runner runs this file as __main__ (and again after
+    every change) and watches `demo`; the context is then made on the first request."""
+    return bool(os.environ.get("GRADIO_WATCH_DIRS"))
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    if reload_mode():
+        demo.launch()  # Gradio's reload runner: serves and swaps `demo` on every change
+    else:
+        raise SystemExit(main())

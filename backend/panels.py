@@ -5,8 +5,17 @@ the API returns the same facts the page shows.
 """
 from __future__ import annotations
 
+import re
+
 BUILD_COMMAND = "export ANDROID_NDK_HOME=/path/to/android-ndk; python -m device build-android"
 LOOK_AGAIN = "“Look for the phone again”"
+_LONG_PATH = re.compile(r"(?<![\w.:/])/(?:[^/\s,;:()'\"`]+/)+([^/\s,;:()'\"`]+/[^/\s,;:()'\"`]+)")
+
+
+def shorten_paths(text: str) -> str:
+    """Absolute paths cut to their last two parts ("…/lib/libLiteRt.so"): the page stays
+    readable and does not show the server's folder layout; the server log has them whole."""
+    return _LONG_PATH.sub(lambda m: "…/" + m.group(1) if m.group(0).count("/") > 3 else m.group(0), text)
 
 
 def _fmt(value: float | None, unit: str = "", digits: int = 2) -> str:
@@ -38,29 +47,69 @@ def info_markdown(info: dict) -> str:
     stages = " · ".join(f"{k} {v:.1f} ms" for k, v in info["timings_ms"].items())
     on_device = info.get("backend", {}).get("used") == "device"
     i, n = intr["image"], intr["network"]
-    notice = info["engine_details"].get("notice")
-    return "\n\n".join(([f"⚠️ {notice}"] if notice else []) + [
+    session = info.get("session")
+    downloads = info.get("downloads")
+    rows = [f"| photo ({info['image']['width']}×{info['image']['height']}) | {i['fx']:.1f} | {i['fy']:.1f} | "
+            f"{i['cx']:.1f} | {i['cy']:.1f} |",
+            f"| network ({info['image']['network_size']}²) | {n['fx']:.1f} | {n['fy']:.1f} | {n['cx']:.1f} | "
+            f"{n['cy']:.1f} |"]
+    if downloads and "downloads" in intr:
+        d = intr["downloads"]
+        rows.append(f"| downloads ({downloads['width']}×{downloads['height']}) | {d['fx']:.1f} | {d['fy']:.1f} | "
+                    f"{d['cx']:.1f} | {d['cy']:.1f} |")
+    lines = ([session_line(session)] if session else []) + [
         f"**Engine:** {info['engine']} — {info['accelerator']}",
         f"**Model:** {model['name']} · `{model['file']}` · {model['precision']} · "
         f"sha256 `{model['sha256'][:12]}…`",
         f"**Model origin:** {kind}",
-        f"**Intrinsics source:** {intr['source']} · **confidence: {intr['confidence']}** — {intr['reason']}",
-        f"| | fx | fy | cx | cy |\n|---|---|---|---|---|\n"
-        f"| photo ({info['image']['width']}×{info['image']['height']}) | {i['fx']:.1f} | {i['fy']:.1f} | "
-        f"{i['cx']:.1f} | {i['cy']:.1f} |\n"
-        f"| network ({info['image']['network_size']}²) | {n['fx']:.1f} | {n['fy']:.1f} | {n['cx']:.1f} | "
-        f"{n['cy']:.1f} |",
+        f"**Intrinsics source:** {intr['source']} · **confidence: {intr['confidence']}** — {intr['reason']}"
+        + (f" · **Field of view:** {info['image']['field_of_view']}" if "field_of_view" in info["image"] else ""),
+        "| | fx | fy | cx | cy |\n|---|---|---|---|---|\n" + "\n".join(rows),
         f"**Depth (m):** min {_fmt(depth['min'])} · median {_fmt(depth['median'])} · max {_fmt(depth['max'])}"
         f" · 2–98 % {_fmt(depth['p2'])}–{_fmt(depth['p98'])} · {info['points']:,} points",
-        timing_line(info["timings_split_ms"], on_device),
-        f"*Stages:* {stages}",
-    ])
+    ]
+    if downloads:
+        lines.append(png_line(downloads))
+    return "\n\n".join(lines + [timing_line(info["timings_split_ms"], on_device), f"*Stages:* {stages}"])
+
+
+def png_line(downloads: dict) -> str:
+    """What the 16-bit PNG cannot hold: depths beyond its far limit are written as 0 ("no depth")."""
+    limit, beyond = downloads["png_far_limit_m"], downloads["beyond_png_range_pixels"]
+    if not beyond:
+        return f"**Depth PNG:** every depth fits its {limit:g} m range (mm in 16 bits)."
+    return (f"**Depth PNG:** {beyond:,} pixels lie beyond its {limit:g} m limit and are written as 0 "
+            "(“no depth”); the .npy keeps their depth.")
+
+
+def session_line(session: dict) -> str:
+    """Which photo these results belong to, how often the network ran for it, the last re-render."""
+    parts = [f"**Photo:** {session['photo']}", f"network runs for this photo: {session['network_runs']}",
+             f"re-renders: {session['rerenders']}"]
+    if session.get("rerender_ms") is not None:
+        parts.append(f"last re-render {session['rerender_ms']:.0f} ms (no network run)")
+    return " · ".join(parts)
+
+
+def status_line(status: dict, choice: str) -> str:
+    """One calm line for the top of the page: where requests run now, and the way to the details."""
+    device, problem = status["device"], status["device_problem"]
+    if device and choice != "host":
+        return f"Pixel · {device['device']} · {device['accelerator']} · requests run on the phone ▸"
+    if choice == "host":
+        return "Host CPU · the Pixel is not used (Backend: Host) · where the network runs ▸"
+    if choice == "device":
+        return "Pixel chosen but not ready · requests fail until it is · details ▸"
+    if problem:
+        return "Host CPU · no phone connected · how to use a Pixel ▸"
+    return "Host CPU · looking for a phone · how to use a Pixel ▸"
 
 
 def _problem_markdown(problem: str) -> list[str]:
     """The reason the phone is not used: first line bold, runner log (if any) as a code block."""
+    problem = shorten_paths(problem)
     first, _, rest = problem.partition("\n")
-    lines = [f"⚠️ **{first}**"]
+    lines = [first]
     if rest.strip():
         lines.append(f"```text\n{rest.strip()}\n```")
     if "build-android" in problem:

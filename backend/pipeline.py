@@ -49,6 +49,7 @@ from backend.imageio import ExifCamera, LoadedImage
 from backend.intrinsics import Confidence, Intrinsics, validate
 from backend.outputs import MAX_PNG_MM, OutputFiles, OutputStore, count_beyond_png_range, write_cloud, write_depth
 from backend.preprocess import frame_photo, pad_rgb
+from backend.viewer import framing_radius
 
 StageCallback = Callable[[str, float], None]  # (what is about to happen, fraction done)
 HOST_PREPROCESS_STAGES = ("decode", "crop_resize")
@@ -98,7 +99,7 @@ class PipelineResult:
     colormap: np.ndarray  # uint8 [h, w + bar, 3]: `colored` cut to the photo's content box, with its colorbar
     color_range: tuple[float, float]
     points: int
-    cloud_center_distance: float  # m from the camera to the cloud's bounding-box centre (viewer framing)
+    view_radius: float  # m from the cloud's bounding-box centre to the 3D viewer's camera (backend.viewer)
     files: OutputFiles | None
     intrinsics: Intrinsics  # of the uploaded (upright) image
     network_intrinsics: Intrinsics  # of the S x S network image (the cloud's grid)
@@ -297,11 +298,11 @@ def _derive(est: Estimate, intrinsics: Intrinsics, options: PipelineOptions,
     lap("colormap")
 
     if keep_cloud:
-        points, center = same.points, same.cloud_center_distance
+        points, center = same.points, same.view_radius
     else:
         notify("Building the point cloud", 0.8)
         xyz, rgb = point_cloud(depth, est.network_rgb, net_intr, options.cloud)
-        points, center = int(len(xyz)), _bbox_center_distance(xyz)
+        points, center = int(len(xyz)), framing_radius(xyz * np.array([-1.0, -1.0, 1.0], dtype=np.float32))
         lap("point_cloud")
     files = None
     beyond = same.beyond_png_range if keep_depth else count_beyond_png_range(grid_depth)
@@ -321,7 +322,7 @@ def _derive(est: Estimate, intrinsics: Intrinsics, options: PipelineOptions,
     stats = depth_stats(depth[framing.content])
     return PipelineResult(
         depth=depth, valid=framing.valid_mask(), network_rgb=est.network_rgb, colored=colored, colormap=colormap,
-        color_range=(float(vmin), float(vmax)), points=points, cloud_center_distance=center, files=files,
+        color_range=(float(vmin), float(vmax)), points=points, view_radius=center, files=files,
         intrinsics=intrinsics, network_intrinsics=net_intr, grid_depth=grid_depth, grid_intrinsics=grid_intr,
         beyond_png_range=beyond, intrinsics_source=source,
         intrinsics_confidence=confidence, intrinsics_reason=reason, framing=framing, grid=grid,
@@ -344,17 +345,6 @@ def _grid_doc(est: Estimate, photo: Intrinsics, grid_intr: Intrinsics, source: s
             "intrinsics_source": source,
             "upsampled_from": {"network_size": est.framing.size, **est.framing.info()["network_box"],
                                "method": "bilinear, pixel centres on pixel centres, content box only"}}
-
-
-def _bbox_center_distance(xyz: np.ndarray) -> float:
-    """Distance from the camera to the cloud's bounding-box centre, to frame the 3D viewer.
-
-    Column by column: numpy's axis-0 min/max over an [N, 3] array is ~20x slower.
-    """
-    if not len(xyz):
-        return 1.0
-    center = [(xyz[:, i].min() + xyz[:, i].max()) / 2 for i in range(3)]
-    return float(np.linalg.norm(center))
 
 
 def warm_up(engine: Engine, options: PipelineOptions = PipelineOptions()) -> None:

@@ -102,13 +102,31 @@ def adb_client(host: str = "127.0.0.1", port: int = DEFAULT_ADB_PORT, start_serv
 @dataclass(frozen=True)
 class DeviceEntry:
     serial: str
-    state: str  # "device", "unauthorized", "offline", ...
+    state: str  # the whole state adb printed: "device", "unauthorized", "no permissions (...)", ...
+
+
+def parse_devices(listing: str) -> list[DeviceEntry]:
+    """The adb server's `host:devices` reply -> entries, one per "serial<TAB>state" line.
+
+    The state is everything after the tab: adb prints some states as several words
+    ("no permissions (missing udev rules? user is in the plugdev group); see [...]"), which a
+    whitespace split would cut to "no".
+    """
+    entries = []
+    for line in listing.splitlines():
+        serial, tab, state = line.partition("\t")
+        if tab and serial.strip():
+            entries.append(DeviceEntry(serial.strip(), state.strip()))
+    return entries
 
 
 def list_devices(client: AdbClient) -> list[DeviceEntry]:
     try:
-        return [DeviceEntry(d.serial, d.state) for d in client.list()]
-    except AdbError as exc:
+        with client.make_connection() as conn:
+            conn.send_command("host:devices")
+            conn.check_okay()
+            return parse_devices(conn.read_string_block())
+    except (AdbError, OSError) as exc:
         raise DeviceLinkError(f"adb could not list devices: {exc}") from None
 
 
@@ -116,16 +134,39 @@ def _describe(entries: Sequence[DeviceEntry]) -> str:
     return ", ".join(f"{e.serial} ({e.state})" for e in entries) or "none"
 
 
-def _state_problem(entry: DeviceEntry) -> str | None:
-    if entry.state == "device":
+_REPLUG = "unplug and replug the USB cable; if that does not help, run `adb kill-server` and try again"
+# What to do for every state adb's transport can report (packages/modules/adb, ConnectionState).
+_STATE_ADVICE = {
+    "unauthorized": "is unauthorized: unlock it and accept the USB debugging prompt on the phone (tick "
+                    "\"Always allow from this computer\"), then try again. No prompt? Revoke USB debugging "
+                    "authorizations in Developer options and replug",
+    "authorizing": "is still being authorized: unlock it and accept the USB debugging prompt, then try again",
+    "connecting": "is still connecting: wait a few seconds and try again; if it stays, " + _REPLUG,
+    "offline": f"is offline: {_REPLUG} (or run `adb reconnect`), then try again",
+    "bootloader": "is in the bootloader (fastboot): restart it into Android (`fastboot reboot`) and try again",
+    "recovery": "is in recovery mode: restart it into Android (\"Reboot system now\") and try again",
+    "rescue": "is in rescue mode: restart it into Android and try again",
+    "sideload": "is in sideload mode: finish or cancel the sideload, restart it into Android and try again",
+    "host": "is reported as an adb host, not a phone: connect the Pixel itself by USB",
+    "detached": "is detached from adb: run `adb attach` (or replug the USB cable) and try again",
+    "unknown": f"is in an unknown state: {_REPLUG}",
+}
+
+
+def state_problem(entry: DeviceEntry) -> str | None:
+    """None for a phone ready for USB debugging, else what is wrong and what the person should do."""
+    state = entry.state
+    if state == "device":
         return None
-    if entry.state == "unauthorized":
-        return (f"The phone {entry.serial} is unauthorized: unlock it and accept the USB debugging prompt "
-                "on the phone (tick \"Always allow from this computer\"), then try again.")
-    if entry.state == "offline":
-        return (f"The phone {entry.serial} is offline: unplug and replug the USB cable (or run "
-                "`adb reconnect`), then try again.")
-    return f"The phone {entry.serial} is in state '{entry.state}', not ready for USB debugging."
+    if state.startswith("no permissions"):
+        return (f"The phone {entry.serial} is visible but this user may not open it (adb says: {state}). "
+                "On Linux add a udev rule for the phone (e.g. the android-sdk-platform-tools-common package) "
+                "and add yourself to the plugdev group (`sudo usermod -aG plugdev $USER`, then log in again), "
+                "replug the USB cable and run `adb kill-server`, then try again.")
+    advice = _STATE_ADVICE.get(state)
+    if advice is None:
+        return f"The phone {entry.serial} is in state '{state}', not ready for USB debugging: {_REPLUG}."
+    return f"The phone {entry.serial} {advice}."
 
 
 @dataclass(frozen=True)
@@ -148,7 +189,7 @@ def choose_device(client: AdbClient, serial: str | None = None) -> Phone:
         match = [e for e in entries if e.serial == serial]
         if not match:
             raise DeviceLinkError(f"The phone {serial} is not connected. Connected: {_describe(entries)}.")
-        problem = _state_problem(match[0])
+        problem = state_problem(match[0])
         if problem:
             raise DeviceLinkError(problem)
         return Phone(client, client.device(serial))
@@ -158,7 +199,7 @@ def choose_device(client: AdbClient, serial: str | None = None) -> Phone:
     if len(ready) > 1:
         raise DeviceLinkError(f"Several phones are connected: {_describe(entries)}. Choose one by its serial.")
     if len(entries) == 1:
-        raise DeviceLinkError(_state_problem(entries[0]) or "No phone is ready.")
+        raise DeviceLinkError(state_problem(entries[0]) or "No phone is ready.")
     if entries:
         raise DeviceLinkError(f"No phone is ready for USB debugging: {_describe(entries)}. "
                               "Accept the USB debugging prompt on the phone, or replug it.")

@@ -108,6 +108,8 @@ def test_the_status_panel_in_the_browser(pixel_app, phone):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1200})
             page.goto(app.url, wait_until="load")
+            expect(page.locator("#backend-panel")).to_contain_text("requests run on the phone", timeout=60_000)
+            page.locator("#backend-panel").get_by_text("requests run on the phone").click()  # open the details
             panel = page.locator("#status-panel")
             expect(panel).to_contain_text(phone.serial, timeout=60_000)
             expect(panel).to_contain_text("Requests run on the Pixel")
