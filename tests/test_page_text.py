@@ -70,7 +70,7 @@ def test_importing_app_builds_the_page_but_starts_nothing():
     assert isinstance(app.demo, gr.Blocks)
     assert app._context is None  # no engine, no folder until the app runs or a request needs them
     names = set(app.demo.get_api_info()["named_endpoints"])
-    assert names == {"/predict", "/status", "/look_for_phone"}  # the page's own events stay private
+    assert names == {"/predict", "/intrinsics", "/status", "/look_for_phone"}  # the page's own events stay private
 
 
 def test_handlers_show_gradio_their_inputs_without_the_context():
@@ -84,7 +84,8 @@ def test_handlers_show_gradio_their_inputs_without_the_context():
 def test_the_info_panel_leads_with_the_photo_and_its_runs():
     info = {"model": {"published": False, "source": "s", "name": "n", "file": "f", "precision": "fp32",
                       "sha256": "0" * 64},
-            "intrinsics": {"source": "EXIF", "image": dict(fx=1, fy=1, cx=1, cy=1),
+            "intrinsics": {"source": "EXIF", "confidence": "exif", "reason": "tags consistent",
+                           "image": dict(fx=1, fy=1, cx=1, cy=1),
                            "network": dict(fx=1, fy=1, cx=1, cy=1)},
             "image": {"width": 4, "height": 3, "network_size": 448}, "engine": "Host LiteRT", "accelerator": "CPU",
             "engine_details": {"notice": "Pixel not available — running on the host CPU"},
@@ -95,3 +96,4 @@ def test_the_info_panel_leads_with_the_photo_and_its_runs():
     assert text.startswith("**Photo:** cat.jpg · network runs for this photo: 1 · re-renders: 2")
     assert "last re-render 41 ms (no network run)" in text
     assert "Pixel not available" not in text  # the status line says it once
+    assert "**Intrinsics source:** EXIF · **confidence: exif** — tags consistent" in text
