@@ -6,7 +6,6 @@ a stale runner from an earlier session can never answer for this one.
 """
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,10 @@ from typing import Sequence
 from device import adb
 from device.adb import DeviceLinkError, Phone, PushReport, StartedRunner
 from device.build import ANDROID_BUILD_DIR, ANDROID_LIBS, ANDROID_PLATFORM_DIR, RUNNER_NAME, default_cache_dir
-from device.protocol import RUNNER_VERSION, HelloReply, RunnerClient, RunnerError, build_runner_args, new_token
+from device.protocol import (
+    RUNNER_VERSION, HelloReply, RunnerClient, RunnerError, build_runner_args, new_socket_name, new_token,
+    token_file_bytes,
+)
 
 REMOTE_MODEL_NAME = "model.tflite"
 # The health PING is sent while the runner is idle, so an answer takes milliseconds; a runner
@@ -92,9 +94,11 @@ class RunnerSession:
                                              executables=(RUNNER_NAME,), timeout=max(self.adb_timeout, 120.0))
         adb.kill_stale_runners(self.phone, RUNNER_NAME, self.adb_timeout)
         token = new_token()
-        socket_name = f"metric3d_{secrets.token_hex(8)}"
+        socket_name = new_socket_name()  # independent of the token
+        token_path = f"{self.remote_dir}/token-{socket_name}"  # the runner reads and deletes it
         try:
-            args = build_runner_args(f"{self.remote_dir}/{REMOTE_MODEL_NAME}", f"localabstract:{socket_name}", token,
+            adb.push_secret(self.phone, token_file_bytes(token), token_path)
+            args = build_runner_args(f"{self.remote_dir}/{REMOTE_MODEL_NAME}", f"localabstract:{socket_name}", token_path,
                                      self.options.accelerator, self.options.precision, self.options.mean,
                                      self.options.std, self.options.threads, libdir=self.remote_dir)
         except ValueError as exc:
