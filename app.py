@@ -5,7 +5,8 @@ runner link); this file only lays out the page, maps widgets to backend calls, t
 errors into readable messages, and sets how the server is exposed (backend/serving.py).
 
     python app.py [--model PATH] [--backend auto|host|device] [--serial SERIAL] [--runner-dir DIR]
-                  [--host 127.0.0.1] [--port 7860] [--share] [--temp-dir DIR] [--keep-results SECONDS]
+                  [--host 127.0.0.1] [--port 7860] [--allowed-host NAME] [--share] [--temp-dir DIR]
+                  [--keep-results SECONDS]
 """
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 import gradio.route_utils as gradio_route_utils  # noqa: E402
 
-from backend import serving  # noqa: E402
+import serving_app  # noqa: E402
+from backend import fields, serving  # noqa: E402
 from backend.colormap import COLORMAPS  # noqa: E402
 from backend.engine import EngineError  # noqa: E402
 from backend.examples import ExampleCatalog, suggest_intrinsics  # noqa: E402
-from backend.geometry import MAX_METRIC_DEPTH, CloudFilter, GeometryError  # noqa: E402
+from backend.geometry import MAX_METRIC_DEPTH, GeometryError  # noqa: E402
 from backend.imageio import ImageError, load_image  # noqa: E402
+from backend.probe import probe_image  # noqa: E402
 from backend.intrinsics import PRESETS, Intrinsics, IntrinsicsError  # noqa: E402
 from backend.model_files import ModelNotFound, resolve_model  # noqa: E402
 from backend.outputs import OutputStore  # noqa: E402
@@ -77,20 +80,21 @@ def user_errors():
     """Show every expected failure as a readable message; the server keeps serving."""
     try:
         yield
-    except (ImageError, IntrinsicsError, GeometryError, EngineError) as exc:
-        raise gr.Error(str(exc), title="Cannot compute depth") from exc
+    except (ImageError, IntrinsicsError, GeometryError, EngineError, fields.FieldError) as exc:
+        raise gr.Error(serving.public_text(str(exc)), title="Cannot compute depth") from exc  # hostile: no paths
     except gr.Error:
         raise
     except Exception as exc:  # noqa: BLE001 - last line of defence for a public demo
         log.exception("unexpected failure")
-        raise gr.Error(f"Unexpected error ({type(exc).__name__}: {exc}). Details are in the server log.") from exc
+        raise gr.Error(serving.public_text(f"Unexpected error ({type(exc).__name__}: {exc}). "
+                                           "Details are in the server log.")) from exc
 
 
 def _intrinsics(fx, fy, cx, cy) -> Intrinsics:
     missing = [n for n, v in zip(("fx", "fy", "cx", "cy"), (fx, fy, cx, cy)) if v is None]
     if missing:
         raise IntrinsicsError(f"Please fill in {', '.join(missing)} (pixels of the uploaded photo).")
-    return Intrinsics(float(fx), float(fy), float(cx), float(cy))
+    return Intrinsics(*(fields.number(n, v) for n, v in zip(("fx", "fy", "cx", "cy"), (fx, fy, cx, cy))))
 
 
 _gradio_sweep = gradio_route_utils.delete_files_created_by_app
@@ -154,7 +158,7 @@ def build_demo(backends: Backends, default_backend: str, store: OutputStore, cat
     phone_pool = {"concurrency_id": "phone", "concurrency_limit": 1}  # one phone search at a time
 
     def show_status(choice: str) -> str:
-        return status_markdown(backends.status(), choice)
+        return serving.public_text(status_markdown(backends.status(), choice), limit=None)
 
     def choose_backend(choice: str) -> str:
         if choice != "host" and not backends.status()["looked_for_phone"]:
@@ -167,18 +171,18 @@ def build_demo(backends: Backends, default_backend: str, store: OutputStore, cat
 
     def status_api() -> dict:
         """API: where requests run: the phone in use (model, serial, runner, accelerator) or why not."""
-        return backends.status()
+        return serving.public_data(backends.status())
 
     def look_for_phone_api() -> dict:
         """API: look for the phone again (after plugging it in); returns the new status."""
         backends.look_for_phone()
-        return backends.status()
+        return serving.public_data(backends.status())
 
     def describe(path: str | None):
         if not path:
             return None, None, None, None, "Upload a photo to fill in the intrinsics.", "", FROM_PHOTO, None
         with user_errors():
-            image, _ = _load(path)
+            image = probe_image(path)  # size and EXIF from the header: no full decode for a light step
         choice = suggest_intrinsics(image, path, catalog)
         k = choice.intrinsics
         return (round(k.fx, 3), round(k.fy, 3), round(k.cx, 3), round(k.cy, 3), _source_line(choice.source),
@@ -202,11 +206,7 @@ def build_demo(backends: Backends, default_backend: str, store: OutputStore, cat
         with user_errors():
             progress(0.05, desc="Decoding the photo")
             image, decode_ms = _load(path)
-            if max_depth <= min_depth:
-                raise IntrinsicsError(f"The depth range is empty: min {min_depth} m ≥ max {max_depth} m.")
-            options = PipelineOptions(colormap=cmap, cloud=CloudFilter(
-                min_depth=float(min_depth), max_depth=float(max_depth),
-                edge_threshold=float(edge), voxel_size=float(voxel)))
+            options = PipelineOptions(colormap=cmap, cloud=fields.cloud_filter(min_depth, max_depth, edge, voxel))
             intrinsics = _intrinsics(fx, fy, cx, cy)
             result, pick = backends.run(choice, lambda p: run(
                 image, intrinsics, p.engine, options, source=source or "Entered by hand", store=store,
@@ -351,6 +351,13 @@ def _positive_seconds(text: str) -> int:
     return value
 
 
+def _host_name(text: str) -> str:
+    try:
+        return serving.host_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Metric3D v2 metric depth demo (LiteRT).")
     parser.add_argument("--model", help="path to a .tflite (default: $METRIC3D_MODEL, cache, or download)")
@@ -362,6 +369,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                              "`python -m device build-android` build")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this computer only)")
     parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--allowed-host", action="append", default=[], type=_host_name, metavar="NAME",
+                        help="also answer requests addressed to this host name (repeatable); by default only "
+                             "IP addresses and localhost are accepted, which stops DNS-rebinding pages")
     parser.add_argument("--share", action="store_true",
                         help="also publish a public link (anyone with it can use this machine and phone)")
     parser.add_argument("--temp-dir", help="where the private per-run folder for uploads and results is made "
@@ -409,6 +419,7 @@ def start_engines(args: argparse.Namespace, model_path: Path) -> Backends:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    serving_app.install_log_limit()
     args = parse_args(argv)
     for warning in serving.exposure_warnings(args.host, args.share):
         print(warning, file=sys.stderr, flush=True)
@@ -426,10 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         demo = build_demo(backends, args.backend, store, ExampleCatalog(EXAMPLES_DIR), args.keep_results)
-        demo.queue(default_concurrency_limit=serving.DEPTH_CONCURRENCY, max_size=serving.QUEUE_MAX_SIZE)
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=gr.themes.Default(),
-                    css=CSS, allowed_paths=[str(store.root), str(EXAMPLES_DIR)],
-                    max_file_size=serving.MAX_UPLOAD_BYTES, show_error=False)
+        serving_app.serve(demo, serving_app.ServeOptions(
+            host=args.host, port=args.port, share=args.share, allowed_hosts=tuple(args.allowed_host),
+            private_dir=private, upload_dir=Path(os.environ["GRADIO_TEMP_DIR"])),
+            theme=gr.themes.Default(), css=CSS, allowed_paths=[str(store.root), str(EXAMPLES_DIR)],
+            max_file_size=serving.MAX_UPLOAD_BYTES, show_error=False)
     except KeyboardInterrupt:
         pass
     finally:

@@ -1,0 +1,80 @@
+"""Size and EXIF of an uploaded image from its header, without decoding its pixels.
+
+Filling in the intrinsics needs only the upright width and height and the EXIF focal
+facts; decoding a 16383 x 2000 lossless WebP of 1.3 KB for that costs ~130 MB per call.
+Pillow's Image.open reads only the header (and JPEG/TIFF/WebP EXIF) until pixels are asked
+for; PNG's getexif() would load the whole image when the eXIf chunk follows the pixel data,
+so for PNG only an EXIF chunk that came before the pixels is used.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from backend.imageio import (
+    _AXIS_SWAPPING_ORIENTATIONS, _TAG_ORIENTATION, ACCEPTED_FORMATS, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, MIN_SIDE,
+    ExifCamera, ImageError, _exif_camera, _too_many_bytes, _unidentified_message,
+)
+
+_HEAD_BYTES = 64
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the intrinsics need: the upright size (pixels) and the EXIF camera facts."""
+
+    width: int
+    height: int
+    exif: ExifCamera
+    format: str
+
+
+def probe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+                max_bytes: int = DEFAULT_MAX_BYTES) -> ImageFacts:
+    """Read the size and EXIF of the image file at `path`; raise ImageError like load_image.
+
+    The same limits as backend.imageio.load_image (bytes, megapixels, MIN_SIDE) apply, so a
+    photo refused here would be refused there; a file whose pixels are damaged passes here
+    and is reported when it is decoded.
+    """
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise ImageError(f"The image file {os.path.basename(path)!r} cannot be opened ({exc.strerror}).") from exc
+    if size == 0:
+        raise ImageError("The file is empty (0 bytes); please upload an image.")
+    if size > max_bytes:
+        raise ImageError(_too_many_bytes(size, max_bytes))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path, formats=ACCEPTED_FORMATS)
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"The image is too large to process safely ({exc}).") from exc
+        except UnidentifiedImageError as exc:
+            with open(path, "rb") as f:
+                raise ImageError(_unidentified_message(f.read(_HEAD_BYTES))) from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageError(f"The image file is damaged or incomplete: its header cannot be read ({exc}).") from exc
+    with im:
+        width, height = im.size
+        if width * height > max_pixels:
+            raise ImageError(
+                f"The image is {width} x {height} = {width * height / 1e6:.1f} megapixels; "
+                f"the limit is {max_pixels / 1e6:.0f} megapixels. Please downscale it.")
+        if min(width, height) < MIN_SIDE:
+            raise ImageError(
+                f"The image is only {width} x {height} pixels; each side needs at least {MIN_SIDE} pixels.")
+        has_exif = im.format != "PNG" or "exif" in im.info
+        exif = _exif_camera(im) if has_exif else ExifCamera()
+        try:
+            orientation = im.getexif().get(_TAG_ORIENTATION) if has_exif else None
+        except Exception:  # noqa: BLE001 - broken EXIF never stops a photo, as in load_image
+            orientation = None
+        if orientation in _AXIS_SWAPPING_ORIENTATIONS:
+            width, height = height, width
+        return ImageFacts(width=width, height=height, exif=exif, format=im.format or "unknown")
