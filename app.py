@@ -6,7 +6,7 @@ errors into readable messages, and sets how the server is exposed (backend/servi
 
     python app.py [--model PATH] [--backend auto|host|device] [--serial SERIAL] [--runner-dir DIR]
                   [--host 127.0.0.1] [--port 7860] [--allowed-host NAME] [--share] [--temp-dir DIR]
-                  [--keep-results SECONDS]
+                  [--keep-results SECONDS] [--disk-quota MB]
 """
 from __future__ import annotations
 
@@ -351,6 +351,13 @@ def _positive_seconds(text: str) -> int:
     return value
 
 
+def _positive_megabytes(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1 MB")
+    return value
+
+
 def _host_name(text: str) -> str:
     try:
         return serving.host_name(text)
@@ -379,6 +386,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-results", type=_positive_seconds, default=serving.DEFAULT_RESULT_MAX_AGE_S,
                         metavar="SECONDS", help="delete uploads and result files this long after they were made "
                                                 f"(default {serving.DEFAULT_RESULT_MAX_AGE_S})")
+    parser.add_argument("--disk-quota", type=_positive_megabytes, default=serving.DISK_QUOTA_BYTES // 2**20,
+                        metavar="MB", help="most space uploads, results and cached copies may take together; "
+                                           f"uploads beyond it are refused (default {serving.DISK_QUOTA_BYTES // 2**20})")
     return parser.parse_args(argv)
 
 
@@ -439,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         demo = build_demo(backends, args.backend, store, ExampleCatalog(EXAMPLES_DIR), args.keep_results)
         serving_app.serve(demo, serving_app.ServeOptions(
             host=args.host, port=args.port, share=args.share, allowed_hosts=tuple(args.allowed_host),
-            private_dir=private, upload_dir=Path(os.environ["GRADIO_TEMP_DIR"])),
+            private_dir=private, upload_dir=Path(os.environ["GRADIO_TEMP_DIR"]),
+            disk_quota_bytes=args.disk_quota * 2**20),
             theme=gr.themes.Default(), css=CSS, allowed_paths=[str(store.root), str(EXAMPLES_DIR)],
             max_file_size=serving.MAX_UPLOAD_BYTES, show_error=False)
     except KeyboardInterrupt:

@@ -47,6 +47,7 @@ class ServeOptions:
     allowed_hosts: tuple[str, ...]
     private_dir: Path  # the per-process temp folder (uploads, results, Gradio's cache): the quota covers it
     upload_dir: Path  # where Gradio's upload parser writes (GRADIO_TEMP_DIR)
+    disk_quota_bytes: int = serving.DISK_QUOTA_BYTES
 
 
 def install_log_limit() -> serving.RateLimitedLog:
@@ -134,7 +135,7 @@ def guard_for(options: ServeOptions) -> tuple[GuardPolicy, DiskQuota]:
         max_upload_bytes=serving.MAX_UPLOAD_REQUEST_BYTES, max_upload_files=serving.MAX_UPLOAD_FILES,
         body_idle_s=serving.BODY_IDLE_S, body_deadline_s=serving.BODY_DEADLINE_S,
         upload_deadline_s=serving.UPLOAD_DEADLINE_S, blocked_prefixes=serving.BLOCKED_ROUTES)
-    quota = DiskQuota(options.private_dir, serving.DISK_QUOTA_BYTES, options.upload_dir,
+    quota = DiskQuota(options.private_dir, options.disk_quota_bytes, options.upload_dir,
                       stale_after_s=serving.UPLOAD_DEADLINE_S + 60)
     return policy, quota
 
