@@ -81,7 +81,7 @@ def user_errors():
     try:
         yield
     except (ImageError, IntrinsicsError, GeometryError, EngineError, fields.FieldError) as exc:
-        raise gr.Error(serving.public_text(str(exc)), title="Cannot compute depth") from exc  # hostile: no paths
+        raise gr.Error(serving.public_text(str(exc)), title="Cannot compute depth", print_exception=False) from exc
     except gr.Error:
         raise
     except Exception as exc:  # noqa: BLE001 - last line of defence for a public demo

@@ -5,8 +5,9 @@ guard (app.py calls `serve`):
 - The demo is mounted on a FastAPI app (`gr.mount_gradio_app`) that runs under our own
   uvicorn server, so the connection settings are ours: keep-alive timeout, a cap on
   connections (503 beyond it), a header-size cap, a larger listen backlog, and a watchdog
-  that closes connections whose request headers do not arrive in time (uvicorn has no
-  header timeout; ~20,000 half-sent requests otherwise use up the file descriptors).
+  that closes connections whose request headers do not arrive in time and keeps at most
+  MAX_IDLE_CONNECTIONS without a request (uvicorn has no header timeout; ~20,000 half-sent
+  requests otherwise use up the file descriptors).
 - RequestGuard wraps everything: Host and Origin checks, body caps and deadlines, upload
   file count and disk quota, and 404 for the monitoring and dev-reload routes.
 - The queue is fair: per-session limits and per-pool caps instead of one global size, so one
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +84,7 @@ def _check_payload(component: gr.Number | gr.Slider) -> None:
         try:
             value = number(name, payload, minimum=component.minimum, maximum=component.maximum, optional=optional)
         except FieldError as exc:
-            raise gr.Error(str(exc), title="Please check the fields") from None
+            raise gr.Error(str(exc), title="Please check the fields", print_exception=False) from None
         return original(value)
 
     component.preprocess = preprocess  # type: ignore[method-assign]
@@ -159,9 +161,19 @@ def serve(demo: gr.Blocks, options: ServeOptions, **gradio_options: Any) -> None
         backlog=serving.LISTEN_BACKLOG, h11_max_incomplete_event_size=serving.MAX_HEADER_BYTES, http="h11",
         ws="none")
     server = uvicorn.Server(config)
+    _raise_file_limit()
     shown = f"[{options.host}]" if ":" in options.host else options.host
     print(f"* Running on local URL:  http://{shown}:{options.port}", flush=True)
     asyncio.run(_serve_with_watchdog(server))
+
+
+def _raise_file_limit(wanted: int = 65536) -> None:
+    """Use the hard limit on open files (often 1024 soft): a burst of connections then waits
+    for the watchdog instead of stopping accept() with EMFILE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 async def _serve_with_watchdog(server: uvicorn.Server) -> None:
@@ -173,10 +185,10 @@ async def _serve_with_watchdog(server: uvicorn.Server) -> None:
 
 
 async def watch_connections(server: uvicorn.Server, header_timeout_s: float = serving.HEADER_TIMEOUT_S,
-                            max_connections: int = serving.MAX_CONNECTIONS) -> None:
+                            max_idle: int = serving.MAX_IDLE_CONNECTIONS) -> None:
     """Close connections that have no request in progress for longer than `header_timeout_s`
-    (half-sent headers, or silence after the last response), and, above `max_connections`,
-    the longest-idle such connections at once. A request in progress is never cut here (the
+    (half-sent headers, or silence after the last response), and, beyond `max_idle` such
+    connections, the longest-idle ones at once. A request in progress is never cut here (the
     guard bounds its body; its response may stream for as long as it runs)."""
     idle_since: dict[int, tuple[int, float]] = {}
     while not server.should_exit:
@@ -197,7 +209,7 @@ async def watch_connections(server: uvicorn.Server, header_timeout_s: float = se
         for key in [k for k in idle_since if k not in live]:
             del idle_since[key]
         idle.sort(key=lambda item: item[0])
-        excess = len(connections) - max_connections
+        excess = len(idle) - max_idle
         closed = 0
         for rank, (since, protocol) in enumerate(idle):
             if rank < excess or now - since > header_timeout_s:

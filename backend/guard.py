@@ -226,9 +226,10 @@ class RequestGuard:
         try:
             await self.app(scope, body.receive, tracked_send)
         except Exception:
-            if body.problem is None:
+            if body.problem is None and not body.client_gone:
                 raise
-            # the app failed on the body we cut off (e.g. ClientDisconnect): our refusal explains it
+            # the app failed on a body we cut off, or whose client went away mid-way (Starlette's
+            # ClientDisconnect): nothing to report; our refusal, if any, explains it to the client
         finally:
             if upload and self.quota is not None:
                 self.quota.release(reserved)
@@ -274,6 +275,7 @@ class _BodyMeter:
         self._max_parts, self._parts, self._tail = max_parts, 0, b""
         self._count, self._done = 0, False
         self.problem: _Refused | None = None
+        self.client_gone = False
 
     async def receive(self) -> Message:
         if self._done or self.problem is not None:
@@ -289,6 +291,7 @@ class _BodyMeter:
             self.problem = _Refused(408, "The request body arrived too slowly and was cut off; please send it again.")
             return {"type": "http.disconnect"}
         if message["type"] != "http.request":
+            self.client_gone = message["type"] == "http.disconnect"
             return message
         chunk = message.get("body", b"")
         self._count += len(chunk)

@@ -60,11 +60,13 @@ BLOCKED_ROUTES = ("/monitoring", "/gradio_api/monitoring", "/gradio_api/dev/relo
 
 # Connections (uvicorn): an idle keep-alive connection closes after KEEP_ALIVE_S; request
 # headers must be complete within HEADER_TIMEOUT_S of the connection (or of the previous
-# response); above MAX_CONNECTIONS the oldest connections without a request in progress
-# are closed, and new requests get 503 beyond it (uvicorn's limit_concurrency).
+# response); beyond MAX_IDLE_CONNECTIONS the oldest connections without a request in progress
+# are closed at once (twice a second); a request arriving while MAX_CONNECTIONS are open
+# gets 503 (uvicorn's limit_concurrency, a safety net far above what the page needs).
 KEEP_ALIVE_S = 5
 HEADER_TIMEOUT_S = 10.0
-MAX_CONNECTIONS = 256
+MAX_IDLE_CONNECTIONS = 100
+MAX_CONNECTIONS = 1000
 MAX_HEADER_BYTES = 16 * 1024
 LISTEN_BACKLOG = 256
 # At most LOG_BURST lines per logger and message per LOG_WINDOW_S; the rest are counted.
