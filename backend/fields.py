@@ -42,23 +42,23 @@ def number(name: str, value: object, *, minimum: float | None = None, maximum: f
     if value is None or (isinstance(value, str) and not value.strip()):
         if optional:
             return None
-        raise FieldError(f"{name}: please fill in a number.")
+        raise FieldError(f"Please fill in {name}.")
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise FieldError(f"{name}: expected a number, got {type(value).__name__} {_shown(value)}.")
+        raise FieldError(f"{name} must be a number, got {type(value).__name__} {_shown(value)}.")
     if isinstance(value, str):
         if not _DECIMAL.fullmatch(value.strip()):
-            raise FieldError(f"{name}: {_shown(value)} is not a plain decimal number (like 1000 or 0.25).")
+            raise FieldError(f"{name} must be a plain decimal number (like 1000 or 0.25), got {_shown(value)}.")
         value = value.strip()
     try:
         result = float(value)
     except OverflowError:
-        raise FieldError(f"{name}: {_shown(value)} is far too large.") from None
+        raise FieldError(f"{name} is far too large: {_shown(value)}.") from None
     if not math.isfinite(result):
-        raise FieldError(f"{name}: must be a finite number, got {_shown(value)}.")
+        raise FieldError(f"{name} must be a finite number, got {_shown(value)}.")
     if minimum is not None and result < minimum:
-        raise FieldError(f"{name}: must be at least {minimum:g}, got {result:g}.")
+        raise FieldError(f"{name} must be at least {minimum:g}, got {result:g}.")
     if maximum is not None and result > maximum:
-        raise FieldError(f"{name}: must be at most {maximum:g}, got {result:g}.")
+        raise FieldError(f"{name} must be at most {maximum:g}, got {result:g}.")
     return result
 
 
@@ -76,5 +76,5 @@ def cloud_filter(min_depth: object, max_depth: object, edge_threshold: object, v
     edge = number("Remove depth edges", edge_threshold, minimum=0.0, maximum=MAX_EDGE_THRESHOLD)
     voxel = number("Voxel size (m)", voxel_size, minimum=0.0, maximum=MAX_VOXEL_M)
     if 0.0 < voxel < MIN_VOXEL_M:
-        raise FieldError(f"Voxel size (m): use 0 (off) or at least {MIN_VOXEL_M:g} m, got {voxel:g}.")
+        raise FieldError(f"Voxel size (m) must be 0 (off) or at least {MIN_VOXEL_M:g} m, got {voxel:g}.")
     return CloudFilter(min_depth=near, max_depth=far, edge_threshold=edge, voxel_size=voxel)

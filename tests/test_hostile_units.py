@@ -190,13 +190,13 @@ def test_log_rate_limit_drops_floods_and_says_how_many():
 
 
 @pytest.mark.parametrize("value, message", [
-    ("abc", "not a plain decimal"), ([1, 2], "expected a number, got list"), (10**400, "far too large"),
-    ("1_000", "not a plain decimal"), (math.nan, "finite"), ("nan", "not a plain decimal"), (math.inf, "finite"),
-    ("1e999", "finite"), (True, "expected a number"), ({"a": 1}, "expected a number"), (-1, "at least 0")])
+    ("abc", "plain decimal"), ([1, 2], "number, got list"), (10**400, "far too large"),
+    ("1_000", "plain decimal"), (math.nan, "finite"), ("nan", "plain decimal"), (math.inf, "finite"),
+    ("1e999", "finite"), (True, "number, got bool"), ({"a": 1}, "number, got dict"), (-1, "at least 0")])
 def test_wrong_field_values_get_a_message_naming_the_field(value, message):
     with pytest.raises(FieldError, match=message) as err:
         number("fx", value, minimum=0)
-    assert str(err.value).startswith("fx: ")
+    assert str(err.value).startswith("fx ")
 
 
 def test_plain_numbers_pass():
@@ -204,7 +204,7 @@ def test_plain_numbers_pass():
     assert number("fx", " 12.5 ") == 12.5
     assert number("fx", "-3e2") == -300.0
     assert number("fx", None, optional=True) is None
-    with pytest.raises(FieldError, match="fill in"):
+    with pytest.raises(FieldError, match="Please fill in fx"):
         number("fx", None)
 
 
