@@ -268,7 +268,12 @@ def test_probe_refuses_what_the_decoder_refuses_without_decoding(tmp_path):
     text.write_text("hello")
     tiny = tmp_path / "tiny.png"
     Image.new("RGB", (8, 8)).save(tiny)
-    for path, message in [(empty, "empty"), (text, "not an image"), (tiny, "at least 16")]:
+    cut = tmp_path / "cut.jpg"
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (192, 256, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    cut.write_bytes(buffer.getvalue()[:1500])  # a JPEG cut short: caught by the 1/8-scale decode
+    for path, message in [(empty, "empty"), (text, "not an image"), (tiny, "at least 16"),
+                          (cut, "damaged or incomplete")]:
         with pytest.raises(ImageError, match=message):
             probe_image(path)
         with pytest.raises(ImageError, match=message):
