@@ -142,15 +142,21 @@ def guard_for(options: ServeOptions) -> tuple[GuardPolicy, DiskQuota]:
     return policy, quota
 
 
+def gradio_launch_guard(policy: GuardPolicy, quota: DiskQuota | None) -> dict[str, Any]:
+    """demo.launch() arguments that put the guard inside Gradio's own app (the --share path):
+    it then runs after Gradio's CORS middleware, which answers preflights itself."""
+    return {"enable_monitoring": False, "ssr_mode": False,
+            "app_kwargs": {"middleware": [Middleware(RequestGuard, policy=policy, quota=quota)]}}
+
+
 def serve(demo: gr.Blocks, options: ServeOptions, **gradio_options: Any) -> None:
     """Serve until Ctrl+C or SIGTERM (raised as KeyboardInterrupt). `gradio_options` are the
     launch/mount settings both paths share (theme, css, allowed_paths, max_file_size, show_error)."""
     harden(demo)
     policy, quota = guard_for(options)
     if options.share:
-        demo.launch(server_name=options.host, server_port=options.port, share=True, enable_monitoring=False,
-                    ssr_mode=False, app_kwargs={"middleware": [Middleware(RequestGuard, policy=policy, quota=quota)]},
-                    **gradio_options)
+        demo.launch(server_name=options.host, server_port=options.port, share=True,
+                    **gradio_launch_guard(policy, quota), **gradio_options)
         return
     root = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     gr.mount_gradio_app(root, demo, path="/", server_name=options.host, server_port=options.port,

@@ -257,3 +257,25 @@ def test_one_client_cannot_fill_the_queue_and_cheap_calls_still_answer():
     finally:
         release.set()
         demo.close()
+
+
+def test_the_share_path_runs_the_guard_inside_gradios_own_server(tmp_path):
+    """--share needs demo.launch (Gradio's tunnel); the same guard then runs inside its app.
+    Checked here without the tunnel: same launch arguments, share=False."""
+    with gr.Blocks() as demo:
+        gr.Textbox()
+    options = serving_app.ServeOptions(host="127.0.0.1", port=free_port(), share=True, allowed_hosts=(),
+                                       private_dir=tmp_path, upload_dir=tmp_path / "gradio")
+    policy, quota = serving_app.guard_for(options)
+    assert policy.allowed_names is None  # the tunnel arrives under its own name
+    demo.launch(server_name="127.0.0.1", server_port=options.port, prevent_thread_lock=True, quiet=True,
+                **serving_app.gradio_launch_guard(policy, quota))
+    url = f"http://127.0.0.1:{options.port}"
+    try:
+        assert httpx.get(url + "/monitoring/summary").status_code == 404
+        assert httpx.post(url + "/gradio_api/upload", headers={"Origin": "http://evil.example"},
+                          files={"files": ("x.png", b"x", "image/png")}).status_code == 403
+        assert httpx.post(url + "/gradio_api/queue/join", content=b"x" * (serving.MAX_BODY_BYTES + 1)).status_code == 413
+        assert httpx.get(url + "/config").status_code == 200
+    finally:
+        demo.close()
