@@ -34,10 +34,11 @@ LIGHT_CONCURRENCY = 8
 # runs fill this one.
 QUEUE_MAX_SIZE = 32
 LIGHT_QUEUE_MAX_SIZE = 64
-# One browser session (or API client) may have this many depth requests queued or running,
-# and this many events of any kind: one client cannot take the whole queue.
-SESSION_MAX_DEPTH_EVENTS = 2
-SESSION_MAX_EVENTS = 8
+# One browser session (or API client: gradio_client uses one session for all its calls) may
+# have this many depth requests queued or running, and this many events of any kind: enough
+# for a client that sends a few requests in parallel, a quarter of the depth queue at most.
+SESSION_MAX_DEPTH_EVENTS = 8
+SESSION_MAX_EVENTS = 16
 # Gradio keeps each session's last input values and gr.State (the depth map for measuring,
 # ~0.8 MB); it forgets the least recently used sessions beyond this many.
 SESSION_CAPACITY = 100
