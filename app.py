@@ -67,10 +67,11 @@ def make_backends(model_path: Path, serial: str | None = None, runner_dir: str |
     """The shared engines; the phone uses the Android runner build, or the runner in `runner_dir`."""
     from backend.host_engine import HostEngine
     from device.engine import DeviceEngine
+    from device.session import LinkSettings
 
     def device_engine() -> DeviceEngine:
         files = runner_files_in(runner_dir) if runner_dir else None
-        return DeviceEngine(model_path, serial, adb_port=adb_server_port(), files=files)
+        return DeviceEngine(model_path, serial, LinkSettings(adb_port=adb_server_port()), files)
 
     return Backends(lambda: HostEngine(model_path), device_engine)
 

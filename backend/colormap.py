@@ -68,20 +68,17 @@ def colorize(depth: np.ndarray, cmap: str = "turbo", vmin: float | None = None,
 
 
 def nice_ticks(vmin: float, vmax: float, target: int = 6) -> list[float]:
-    """Round tick values (1, 2, 2.5 or 5 x 10^k steps) inside [vmin, vmax]."""
-    span = vmax - vmin
-    if not span > 0:
+    """Round tick values (1, 2, 2.5 or 5 x 10^k steps, at most `target` bins) inside [vmin, vmax].
+
+    matplotlib's MaxNLocator picks the step; only the ticks inside the range are kept.
+    """
+    if not vmax - vmin > 0:
         return [vmin]
-    raw = span / max(target, 1)
-    power = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * power >= raw)
-    first = math.ceil(vmin / step - 1e-9) * step
-    ticks = []
-    value = first
-    while value <= vmax + 1e-9 * step:
-        ticks.append(round(value, 10))
-        value += step
-    return ticks
+    from matplotlib.ticker import MaxNLocator  # lazily, like the colormap tables
+
+    ticks = MaxNLocator(nbins=max(target, 1), steps=[1, 2, 2.5, 5, 10]).tick_values(vmin, vmax)
+    slack = 1e-9 * (ticks[1] - ticks[0])
+    return [round(float(t), 10) for t in ticks if vmin - slack <= t <= vmax + slack]
 
 
 def _label(value: float, step: float, units: str) -> str:

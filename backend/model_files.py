@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +35,20 @@ def cache_dir(env: Mapping[str, str] = os.environ) -> Path:
     return Path.home() / ".cache" / "metric3d-litert"
 
 
+CHECKPOINT_FILE = "metric_depth_vit_small_800k.pth"
+CHECKPOINT_REPO = "JUGGHM/Metric3D"  # the official Metric3D v2 weights (Hugging Face)
+
+
 def _options_text(cached: Path) -> str:
+    """Every way to provide the model, each a command that works as printed from the checkout."""
     return (
         "Provide the model in one of these ways:\n"
-        f"  1. pass a path: python app.py --model /path/to/model.tflite (or set {ENV_MODEL});\n"
+        f"  1. pass a path: .venv/bin/python app.py --model /path/to/model.tflite (or set {ENV_MODEL});\n"
         f"  2. download '{PUBLISHED_FILE}' from the Hugging Face repo {PUBLISHED_REPO} by hand and save it as\n"
         f"     {cached}\n"
-        f"  3. convert the official checkpoint: python -m conversion convert "
-        f"--checkpoint metric_depth_vit_small_800k.pth --output {cached}"
+        f"  3. convert the official checkpoint ('{CHECKPOINT_FILE}' from the Hugging Face repo {CHECKPOINT_REPO}):\n"
+        "     .venv/bin/python -m pip install -r requirements-conversion.txt   # the conversion stack (torch CPU)\n"
+        f"     .venv/bin/python -m conversion convert --checkpoint {CHECKPOINT_FILE} --output {cached}"
     )
 
 
@@ -53,11 +60,18 @@ def _explicit(path_text: str, origin: str, cached: Path) -> ResolvedModel:
 
 
 def download_published(target_dir: Path) -> Path:
-    """Fetch the published model into target_dir with huggingface_hub (shows its progress bar)."""
+    """Fetch the published model into target_dir with huggingface_hub (shows its progress bar).
+
+    Says what it downloads and where on stderr first: a first start otherwise sits silent.
+    """
     from huggingface_hub import hf_hub_download
 
+    print(f"No model found yet: downloading {PUBLISHED_FILE} from the Hugging Face repo "
+          f"{PUBLISHED_REPO} into {target_dir} ...", file=sys.stderr, flush=True)
     target_dir.mkdir(parents=True, exist_ok=True)
-    return Path(hf_hub_download(PUBLISHED_REPO, PUBLISHED_FILE, local_dir=target_dir))
+    path = Path(hf_hub_download(PUBLISHED_REPO, PUBLISHED_FILE, local_dir=target_dir))
+    print(f"Saved {path}", file=sys.stderr, flush=True)
+    return path
 
 
 def resolve_model(cli_path: str | None = None, env: Mapping[str, str] = os.environ,

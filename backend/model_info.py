@@ -21,13 +21,13 @@ Metadata JSON (format 1):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import mmap
 import struct
-import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from backend.digest import file_sha256
 
 METADATA_NAME = "metric3d_litert"
 METADATA_FORMAT = 1
@@ -59,26 +59,6 @@ class ModelInfoError(ValueError):
 
 
 _TFLITE_IDENTIFIER = b"TFL3"
-_HASH_CHUNK = 1 << 20
-_sha256_cache: dict[tuple[str, int, int], str] = {}
-_sha256_lock = threading.Lock()
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, read in chunks and cached by (path, mtime, size): models are ~80 MB."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
-    with _sha256_lock:
-        if key in _sha256_cache:
-            return _sha256_cache[key]
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    with _sha256_lock:
-        _sha256_cache[key] = digest.hexdigest()
-    return _sha256_cache[key]
 
 
 def read_metadata_json(path: str | Path) -> dict | None:

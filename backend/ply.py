@@ -7,7 +7,6 @@ green, blue; no faces. 15 bytes a point, written with one numpy structured-array
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -18,14 +17,6 @@ VERTEX_DTYPE = np.dtype([
 
 _PACKED_VERTEX = np.dtype([("xyz", "<f4", (3,)), ("rgb", "u1", (3,))])
 assert _PACKED_VERTEX.itemsize == VERTEX_DTYPE.itemsize
-
-_PLY_TYPES = {
-    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
-    "short": "<i2", "int16": "<i2", "ushort": "<u2", "uint16": "<u2",
-    "int": "<i4", "int32": "<i4", "uint": "<u4", "uint32": "<u4",
-    "float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8",
-}
-
 
 def header(count: int) -> bytes:
     """The ASCII header for `count` colored vertices."""
@@ -55,36 +46,3 @@ def write_ply(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray) -> None
     with open(path, "wb") as f:
         f.write(header(len(vertices)))
         f.write(memoryview(vertices).cast("B"))
-
-
-def read_ply(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 [N, 3] xyz, uint8 [N, 3] rgb) from a binary little-endian PLY vertex list."""
-    data = Path(path).read_bytes()
-    end = data.find(b"end_header\n")
-    if not data.startswith(b"ply\n") or end < 0:
-        raise ValueError(f"{path} is not a PLY file")
-    lines = data[:end].decode("ascii").splitlines()
-    if "format binary_little_endian 1.0" not in lines:
-        raise ValueError(f"{path}: only binary_little_endian PLY is supported")
-    count, fields, in_vertex = 0, [], False
-    for line in lines:
-        parts = line.split()
-        if parts[:1] == ["element"]:
-            in_vertex = parts[1] == "vertex"
-            if in_vertex:
-                count = int(parts[2])
-        elif parts[:1] == ["property"] and in_vertex:
-            if parts[1] == "list" or parts[1] not in _PLY_TYPES:
-                raise ValueError(f"{path}: unsupported vertex property {line!r}")
-            fields.append((parts[2], _PLY_TYPES[parts[1]]))
-    dtype = np.dtype(fields)
-    body = data[end + len(b"end_header\n"):]
-    if len(body) < count * dtype.itemsize:
-        raise ValueError(f"{path}: truncated ({len(body)} bytes for {count} vertices)")
-    vertices = np.frombuffer(body, dtype=dtype, count=count)
-    xyz = np.stack([vertices[a] for a in ("x", "y", "z")], axis=1).astype(np.float32)
-    if all(c in dtype.names for c in ("red", "green", "blue")):
-        rgb = np.stack([vertices[c] for c in ("red", "green", "blue")], axis=1).astype(np.uint8)
-    else:
-        rgb = np.zeros((count, 3), dtype=np.uint8)
-    return xyz, rgb

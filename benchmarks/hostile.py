@@ -62,9 +62,24 @@ class Sampler:
                 "rss_after_mb": round(self.proc.memory_info().rss / MiB, 1)}
 
 
+def _wait_until_up(proc, url: str, timeout_s: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"app.py did not answer within {timeout_s:.0f} s:\n{log_path.read_text()[-3000:]}")
+
+
 @contextmanager
 def app_server(repo: Path, model: Path, work: Path):
-    from tests._app_helpers import _wait_until_up, free_port
+    """app.py of `repo` (its own checkout, so another tree can be measured the same way)."""
+    from testing import free_port
     port = free_port()
     temp = work / "temp"
     temp.mkdir(parents=True, exist_ok=True)
@@ -259,7 +274,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="run only the attacks whose names start with these")
     args = parser.parse_args(argv)
     _raise_own_file_limit()
-    sys.path.insert(0, str(REPO))
     from benchmarks.soak import _stand_in_model
     model = args.model or _stand_in_model()
     results: dict = {"repo": args.repo.name}

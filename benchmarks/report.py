@@ -16,7 +16,9 @@ TARGETS: dict[str, tuple[str, float, str]] = {
 }
 REQUIRED = ("host_post_ms", "host_pre_ms", "litert_cpu_ms", "torch_eager_ms", "litert_speedup",
             "resident_overhead_ms", "oneshot_overhead_ms", "resident_gain", "wire_bytes_per_request",
-            "link_overhead_ms", "convert_s", "convert_peak_rss_mb")
+            "link_overhead_ms", "runner_start_ms", "convert_s", "convert_peak_rss_mb")
+BREAKDOWNS = ("host_post_breakdown_ms", "resident_breakdown_ms", "oneshot_breakdown_ms", "runner_start_breakdown_ms",
+              "link_breakdown_ms")
 EXTRA_ROWS = ("host_request_ms", "litert_cpu_ms_1thread", "torch_eager_ms_1thread", "litert_speedup_1thread")
 UNITS = {"litert_speedup": "x", "litert_speedup_1thread": "x", "resident_gain": "x",
          "wire_bytes_per_request": "B", "convert_s": "s", "convert_peak_rss_mb": "MiB"}
@@ -86,7 +88,7 @@ def table(results: dict) -> str:
         goal = targets.get(key)
         verdict = ("pass" if goal["pass"] else "FAIL") if goal else ""
         rows.append(f"| `{key}` | {_fmt(results.get(key), unit)} | {goal['target'] if goal else ''} | {verdict} |")
-    for group in ("host_post_breakdown_ms", "resident_breakdown_ms", "oneshot_breakdown_ms", "link_breakdown_ms"):
+    for group in BREAKDOWNS:
         parts = results.get(group) or {}
         rows.append(f"| `{group}` | " + ", ".join(f"{k} {_fmt(v)}" for k, v in parts.items()) + " | | |")
     for link, parts in (results.get("pixel_estimate_ms") or {}).items():

@@ -20,14 +20,14 @@ from benchmarks.timing import medians, timed_ms
 from benchmarks.wire import CountingSocket, measure_wire
 from device.build import build_host
 from device.host_runner import launch_host_runner
-from device.protocol import RUNNER_VERSION, RunnerClient
+from device.protocol import RUNNER_VERSION, InferReply, RunnerClient
 
 TIMEOUT_S = 300.0  # a full-model CPU run takes seconds on two shared cores
 RUNNER_STEPS = ("normalize", "compute", "readback")
 
 
-def _runner_ms(client: RunnerClient) -> float:
-    return sum(client.last_timings_ms[k] for k in RUNNER_STEPS)
+def _runner_ms(reply: InferReply) -> float:
+    return sum(reply.timings_ms[k] for k in RUNNER_STEPS)
 
 
 def _rgb(size: int) -> np.ndarray:
@@ -45,9 +45,9 @@ def measure_resident(model: Path, size: int, repeats: int, threads: int) -> dict
         results: dict[str, object] = dict(measure_wire(counting, client, rgb))  # also the warm-up request
         samples = []
         for _ in range(repeats):
-            wall, _ = timed_ms(lambda: client.infer(rgb, "f16", TIMEOUT_S))
-            sample = {k: client.last_timings_ms[k] for k in RUNNER_STEPS}
-            sample.update(round_trip=wall, overhead=wall - _runner_ms(client))
+            wall, reply = timed_ms(lambda: client.infer(rgb, "f16", TIMEOUT_S))
+            sample = {k: reply.timings_ms[k] for k in RUNNER_STEPS}
+            sample.update(round_trip=wall, overhead=wall - _runner_ms(reply))
             samples.append(sample)
         client.quit()
     finally:
@@ -59,10 +59,15 @@ def measure_resident(model: Path, size: int, repeats: int, threads: int) -> dict
 
 
 def measure_oneshot(model: Path, size: int, repeats: int, threads: int, warm_runner_ms: float) -> dict[str, object]:
-    """oneshot_overhead_ms (median over fresh processes) and where it goes."""
+    """oneshot_overhead_ms (median over fresh processes) and where it goes; runner_start_ms too.
+
+    runner_start_ms is spawn to a finished handshake: what every (re)start of the resident
+    runner costs before its first request (exec, reading the model, compile, the warm-up run,
+    HELLO). Its "other" part is what the runner does besides LiteRT's compile and first run.
+    """
     rgb = _rgb(size)
     binary = build_host()  # built once, before the clock starts
-    samples = []
+    samples, starts = [], []
     for _ in range(repeats):
         start = time.perf_counter()
         runner = launch_host_runner(model, accelerator="cpu", threads=threads, binary=binary,
@@ -70,15 +75,19 @@ def measure_oneshot(model: Path, size: int, repeats: int, threads: int, warm_run
         try:
             ready_ms = (time.perf_counter() - start) * 1000.0
             client = runner.client(TIMEOUT_S)
-            client.infer(rgb, "f16", TIMEOUT_S)
+            handshake_ms = (time.perf_counter() - start) * 1000.0
+            reply = client.infer(rgb, "f16", TIMEOUT_S)
             total_ms = (time.perf_counter() - start) * 1000.0
-            own_ms = _runner_ms(client)
+            own_ms = _runner_ms(reply)
             client.quit()
         finally:
             runner.stop()
         compile_ms, first_run_ms = float(runner.ready["compile_ms"]), float(runner.ready["warmup_ms"])
         samples.append({"overhead": total_ms - own_ms - warm_runner_ms, "spawn_to_ready": ready_ms,
-                        "start_load_hash": ready_ms - compile_ms - first_run_ms,  # exec, model sha256, load
+                        "start_load": ready_ms - compile_ms - first_run_ms,  # exec, model load (no hash)
                         "compile": compile_ms, "first_run": first_run_ms, "spawn_to_first_depth": total_ms})
-    typical = medians(samples)
-    return {"oneshot_overhead_ms": typical.pop("overhead"), "oneshot_breakdown_ms": typical}
+        starts.append({"total": handshake_ms, "compile": compile_ms, "first_run": first_run_ms,
+                       "other": handshake_ms - compile_ms - first_run_ms})
+    typical, start_typical = medians(samples), medians(starts)
+    return {"oneshot_overhead_ms": typical.pop("overhead"), "oneshot_breakdown_ms": typical,
+            "runner_start_ms": start_typical.pop("total"), "runner_start_breakdown_ms": start_typical}

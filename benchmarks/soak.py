@@ -8,7 +8,7 @@ process exits 1 when one is broken):
 - temp folders bounded: results expire (--keep-results, passed to the app, short enough to
   expire within the run), so the largest temp size, in bytes and in files, in the second half
   of the run may exceed the first half's largest by at most 25 % (a linear leak gives ~70 %).
-The app runs with its own TMPDIR and GRADIO_TEMP_DIR (see tests/_reliability_helpers.py,
+The app runs with its own TMPDIR and GRADIO_TEMP_DIR (see testing/app.py,
 shared with the reliability tests), so every file it leaves is counted.
 Writes benchmarks/soak.json and prints a summary.
 """
@@ -57,13 +57,14 @@ def soak(model: Path, requests: int, warmup: int, keep_results: int, sample_ever
     """Run the soak and return the report (samples, bounds, verdicts)."""
     from gradio_client import Client, handle_file
 
-    from tests._reliability_helpers import app_subprocess, distinct_photo
+    from testing.app import running_app
+    from testing.images import distinct_photo
 
     samples, latencies, errors = [], [], []
     with tempfile.TemporaryDirectory(prefix="metric3d-soak-") as tmp:
         work = Path(tmp)
-        with app_subprocess(model, work / "app", extra_args=["--keep-results", str(keep_results)]) as app:
-            process = psutil.Process(app.pid)
+        with running_app(model, work / "app", ["--backend", "host", "--keep-results", str(keep_results)]) as app:
+            process = psutil.Process(app.proc.pid)
             client = Client(app.url, verbose=False, download_files=False)
             photo = work / "photo.png"
             started = time.perf_counter()

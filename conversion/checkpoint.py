@@ -6,7 +6,6 @@ the released file) may be missing; everything else must match by name and shape.
 """
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -27,15 +26,6 @@ SHOWN_KEYS = 10
 
 class CheckpointError(ValueError):
     """The file is not a usable Metric3D v2 ViT-S checkpoint; the message says why."""
-
-
-def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (checkpoints are ~150 MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_bytes):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _key_list(keys: list[str]) -> str:

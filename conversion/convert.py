@@ -61,9 +61,10 @@ def load_faithful(checkpoint: str | Path | None = None, random_seed: int | None 
     if (checkpoint is None) == (random_seed is None):
         raise ValueError("give exactly one of a checkpoint or a random seed")
     if checkpoint is not None:
-        from conversion.checkpoint import load_checkpoint, sha256_file
+        from backend.digest import file_sha256
+        from conversion.checkpoint import load_checkpoint
 
-        return load_checkpoint(checkpoint), {"checkpoint_sha256": sha256_file(checkpoint)}
+        return load_checkpoint(checkpoint), {"checkpoint_sha256": file_sha256(checkpoint)}
     from conversion.model import Metric3D
     from conversion.random_weights import randomize_
 

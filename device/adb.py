@@ -12,7 +12,6 @@ Everything goes through adbutils and the real adb server. Why it looks like this
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 import shlex
@@ -25,6 +24,7 @@ from typing import BinaryIO, Mapping, Sequence
 
 from adbutils import AdbClient, AdbDevice, AdbError, Network
 
+from backend.digest import file_sha256
 from backend.engine import EngineError
 
 DEFAULT_ADB_PORT = 5037
@@ -219,22 +219,6 @@ def device_model(phone: Phone, timeout: float = ADB_TIMEOUT_S) -> str:
 # ----------------------------------------------------------------------------- push if changed
 
 
-_local_hashes: dict[tuple[str, int, int], str] = {}
-
-
-def local_sha256(path: Path) -> str:
-    """sha256 of a local file, remembered per (path, size, mtime)."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _local_hashes:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _local_hashes[key] = h.hexdigest()
-    return _local_hashes[key]
-
-
 def remote_sha256(phone: Phone, paths: Sequence[str], timeout: float = ADB_TIMEOUT_S) -> dict[str, str]:
     """sha256 of files on the phone; missing files are simply absent from the result."""
     for p in paths:
@@ -287,7 +271,7 @@ def push_if_changed(phone: Phone, files: Mapping[str, Path], remote_dir: str = R
     remote = {name: f"{remote_dir}/{name}" for name in targets}
     on_phone = remote_sha256(phone, list(remote.values()), timeout)
     for name, local in targets.items():
-        if on_phone.get(remote[name]) == local_sha256(local):
+        if on_phone.get(remote[name]) == file_sha256(local):
             report.unchanged.append(name)
             continue
         mode = 0o755 if name in executables else 0o644
@@ -304,7 +288,7 @@ def push_if_changed(phone: Phone, files: Mapping[str, Path], remote_dir: str = R
         report.bytes_sent += reader.count
     if report.pushed:
         check = remote_sha256(phone, [remote[n] for n in report.pushed], timeout)
-        bad = [n for n in report.pushed if check.get(remote[n]) != local_sha256(targets[n])]
+        bad = [n for n in report.pushed if check.get(remote[n]) != file_sha256(targets[n])]
         if bad:
             raise DeviceLinkError(f"The copy on the phone differs after pushing {', '.join(bad)} (storage full?)")
     report.seconds = time.perf_counter() - started

@@ -54,7 +54,10 @@ def runner_files_in(folder: str | Path) -> RunnerFiles:
 
 
 class Backends:
-    """The shared engines behind the app's backend choice; thread-safe."""
+    """The shared engines behind the app's backend choice; thread-safe.
+
+    device_factory makes a DeviceEngine (no I/O); Backends starts it when it looks for the phone.
+    """
 
     def __init__(self, host_factory: Callable[[], Engine], device_factory: Callable[[], DeviceEngine]) -> None:
         self._host_factory = host_factory
@@ -86,7 +89,7 @@ class Backends:
             if self._device is not None:
                 return True
             try:
-                engine = self._device_factory()
+                engine = self._device_factory().start()  # a no-op for an engine already started
             except EngineError as exc:
                 return self._not_found(f"Pixel not available: {exc}")
             except Exception as exc:  # noqa: BLE001 - adb and USB fail in ways nobody listed; keep serving

@@ -102,7 +102,7 @@ class FrameHeader:
 @dataclass(frozen=True)
 class HelloReply:
     version: str
-    model_sha256: str
+    model_sha256: str  # "" when the client did not ask the runner to check its model
     input_size: int
     accelerator: Accelerator
     precision: Precision
@@ -110,11 +110,19 @@ class HelloReply:
 
 @dataclass(frozen=True)
 class InferReply:
-    depth: np.ndarray  # float32 [H, W]
-    nonfinite: int
+    """One INFER answer: the depth and the runner's own timings (device/PROTOCOL.md)."""
+
+    depth: np.ndarray  # float32 [H, W], canonical metres (the model's output)
+    nonfinite: int  # NaN/inf values in the depth before conversion
     normalize_us: int
     compute_us: int
     readback_us: int
+
+    @property
+    def timings_ms(self) -> dict[str, float]:
+        """The runner's steps in milliseconds: normalize, compute, readback."""
+        return {"normalize": self.normalize_us / 1000.0, "compute": self.compute_us / 1000.0,
+                "readback": self.readback_us / 1000.0}
 
 
 def encode_frame(msg_type: int, request_id: int, payload: bytes = b"", flags: int = 0) -> bytes:
@@ -158,7 +166,8 @@ def decode_hello_reply(payload: bytes) -> HelloReply:
         accelerator, prec = Accelerator(accel), Precision(precision)
     except ValueError as exc:
         raise ProtocolError(f"HELLO reply has an unknown accelerator/precision code: {exc}") from None
-    return HelloReply(_read_ascii(version), digest.hex(), size, accelerator, prec)
+    # All zero: the runner was not asked to hash its model (it hashes only on request).
+    return HelloReply(_read_ascii(version), digest.hex() if any(digest) else "", size, accelerator, prec)
 
 
 def encode_infer(rgb: np.ndarray, request_id: int, want: str = "f16") -> bytes:
@@ -295,7 +304,6 @@ class RunnerClient:
         self._broken: str | None = None
         self.input_size: int | None = None
         self.hello: HelloReply | None = None
-        self.last_timings_ms: dict[str, float] = {}
 
     def handshake(self, expected_version: str, expected_sha256: str | None, token: str) -> HelloReply:
         """Prove we hold the token; refuse a runner of another version or with another model."""
@@ -310,16 +318,13 @@ class RunnerClient:
         self.hello, self.input_size = hello, hello.input_size
         return hello
 
-    def infer(self, rgb: np.ndarray, want: str = "f16", timeout: float | None = None) -> tuple[np.ndarray, float, int]:
-        """Depth float32 [S,S], the runner's compute time in ms, and its NaN/inf count."""
+    def infer(self, rgb: np.ndarray, want: str = "f16", timeout: float | None = None) -> InferReply:
+        """Depth float32 [S,S] for a uint8 [S,S,3] image, with its NaN/inf count and the runner's timings."""
         if self.input_size is not None and rgb.shape[:2] != (self.input_size, self.input_size):
             raise ValueError(f"the runner's model takes {self.input_size}x{self.input_size}, got {rgb.shape}")
         request_id = self._take_id()
         frame = encode_infer(rgb, request_id, want)
-        reply = decode_infer_reply(self._exchange(frame, MsgType.INFER, request_id, timeout))
-        self.last_timings_ms = {"normalize": reply.normalize_us / 1000.0, "compute": reply.compute_us / 1000.0,
-                                "readback": reply.readback_us / 1000.0}
-        return reply.depth, reply.compute_us / 1000.0, reply.nonfinite
+        return decode_infer_reply(self._exchange(frame, MsgType.INFER, request_id, timeout))
 
     def ping(self, payload: bytes = b"", timeout: float | None = None) -> float:
         """Round-trip time in ms; the runner must echo the payload (within `timeout` s if given)."""

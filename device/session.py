@@ -1,16 +1,20 @@
 """One runner on one phone: push what changed, start it, connect, handshake, stop.
 
 Kept apart from the engine so the lifecycle (start, health check, restart, stop) can be
-driven and tested on its own. Each start uses a fresh random socket name and token:
-a stale runner from an earlier session can never answer for this one.
+driven and tested on its own. Construction does no I/O; start() does all of it (scrcpy's
+init/start/stop split). Each start uses a fresh random socket name and token: a stale
+runner from an earlier session can never answer for this one. The model's identity is
+checked on the host (its sha256 against the one the app loaded) and the push is checked
+on the phone (sha256sum of the copy), so the runner is not asked to hash 150 MB again.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
+from backend.digest import file_sha256
+from backend.model_info import ModelInfo
 from device import adb
 from device.adb import DeviceLinkError, Phone, PushReport, StartedRunner
 from device.build import ANDROID_BUILD_DIR, ANDROID_LIBS, ANDROID_PLATFORM_DIR, RUNNER_NAME, default_cache_dir
@@ -52,64 +56,108 @@ def android_runner_files(build_dir: Path = ANDROID_BUILD_DIR, cache_dir: Path | 
 
 
 @dataclass(frozen=True)
-class RunnerOptions:
+class LinkSettings:
+    """How the app reaches the phone and runs the model there; checked when made.
+
+    adb_host/adb_port/start_server: the adb server (started on loopback when missing and
+    allowed). remote_dir: the folder on the phone (under /data/local/tmp). accelerator
+    "gpu" (OpenCL, OpenGL, then CPU) or "cpu"; precision fp16, fp16acc32 or fp32 (GPU only);
+    threads: CPU threads in the runner (None: LiteRT's default). want: depth sent back as
+    "f16" (half the bytes) or "f32". Timeouts are seconds: one request, the runner's start
+    (compile + warm-up) and each adb exchange.
+    """
+
+    adb_host: str = "127.0.0.1"
+    adb_port: int = adb.DEFAULT_ADB_PORT
+    start_server: bool = True
+    remote_dir: str = adb.REMOTE_DIR
     accelerator: str = "gpu"
     precision: str = "fp16acc32"
-    mean: Sequence[float] = (123.675, 116.28, 103.53)
-    std: Sequence[float] = (58.395, 57.12, 57.375)
     threads: int | None = None
+    want: str = "f16"
+    expected_abi: str = adb.EXPECTED_ABI
+    request_timeout: float = 30.0
+    startup_timeout: float = 60.0
+    adb_timeout: float = adb.ADB_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.want not in ("f16", "f32"):
+            raise DeviceLinkError(f"want must be 'f16' or 'f32', got {self.want!r}")
+        adb.validate_remote_path(self.remote_dir)
+        try:  # the runner's own checks, so a bad setting fails here and not on the phone
+            build_runner_args("model", "localabstract:x", new_token(), self.accelerator, self.precision,
+                              threads=self.threads)
+        except ValueError as exc:
+            raise DeviceLinkError(f"Bad runner setting: {exc}") from None
+        for name in ("request_timeout", "startup_timeout", "adb_timeout"):
+            if not getattr(self, name) > 0:
+                raise DeviceLinkError(f"{name} must be positive, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class SessionStart:
+    """What one start of the runner found and cost."""
+
+    hello: HelloReply
+    info: dict  # the runner's INFO JSON (device/PROTOCOL.md)
+    push: PushReport
+    start_ms: float
 
 
 class RunnerSession:
-    """The resident runner for one model on one phone."""
+    """The resident runner for one model on one phone: start(), healthy(), restart(), stop()."""
 
-    def __init__(self, phone: Phone, model_path: Path, model_sha256: str, files: RunnerFiles,
-                 options: RunnerOptions, remote_dir: str = adb.REMOTE_DIR, request_timeout: float = 30.0,
-                 startup_timeout: float = 60.0, adb_timeout: float = adb.ADB_TIMEOUT_S):
+    def __init__(self, phone: Phone, model_path: Path, model: ModelInfo, files: RunnerFiles,
+                 settings: LinkSettings) -> None:
         self.phone = phone
         self.model_path = Path(model_path)
-        self.model_sha256 = model_sha256
+        self.model = model
         self.files = files
-        self.options = options
-        self.remote_dir = adb.validate_remote_path(remote_dir)
-        self.request_timeout = request_timeout
-        self.startup_timeout = startup_timeout
-        self.adb_timeout = adb_timeout
+        self.settings = settings
         self.client: RunnerClient | None = None
         self.runner: StartedRunner | None = None
-        self.hello: HelloReply | None = None
-        self.info: dict = {}
-        self.last_push: PushReport | None = None
-        self.start_ms = 0.0
+        self.started: SessionStart | None = None
 
     def _files_to_push(self) -> dict[str, Path]:
         files = {RUNNER_NAME: self.files.runner, REMOTE_MODEL_NAME: self.model_path}
         files.update({lib.name: lib for lib in self.files.libraries})
         return files
 
-    def start(self) -> None:
+    def _check_model_unchanged(self) -> None:
+        """The file must still be the model the app loaded: its input size, mean/std and labels are in use."""
+        try:
+            now = file_sha256(self.model_path)
+        except OSError as exc:
+            raise DeviceLinkError(f"The model file {self.model_path} cannot be read any more: {exc}") from None
+        if now != self.model.sha256:
+            raise DeviceLinkError(f"The model file {self.model_path} changed since the app loaded it (sha256 "
+                                  f"{now[:12]}…, loaded {self.model.sha256[:12]}…). Restart the app to use it.")
+
+    def start(self) -> SessionStart:
         """Push what changed, start the runner, connect and handshake (stops it again on failure)."""
+        settings = self.settings
         started = time.perf_counter()
-        self.last_push = adb.push_if_changed(self.phone, self._files_to_push(), self.remote_dir,
-                                             executables=(RUNNER_NAME,), timeout=max(self.adb_timeout, 120.0))
-        adb.kill_stale_runners(self.phone, RUNNER_NAME, self.adb_timeout)
+        self._check_model_unchanged()
+        push = adb.push_if_changed(self.phone, self._files_to_push(), settings.remote_dir,
+                                   executables=(RUNNER_NAME,), timeout=max(settings.adb_timeout, 120.0))
+        adb.kill_stale_runners(self.phone, RUNNER_NAME, settings.adb_timeout)
         token = new_token()
         socket_name = new_socket_name()  # independent of the token
-        token_path = f"{self.remote_dir}/token-{socket_name}"  # the runner reads and deletes it
+        token_path = f"{settings.remote_dir}/token-{socket_name}"  # the runner reads and deletes it
         try:
             adb.push_secret(self.phone, token_file_bytes(token), token_path)
-            args = build_runner_args(f"{self.remote_dir}/{REMOTE_MODEL_NAME}", f"localabstract:{socket_name}", token_path,
-                                     self.options.accelerator, self.options.precision, self.options.mean,
-                                     self.options.std, self.options.threads, libdir=self.remote_dir)
-        except ValueError as exc:
+            args = build_runner_args(f"{settings.remote_dir}/{REMOTE_MODEL_NAME}", f"localabstract:{socket_name}",
+                                     token_path, settings.accelerator, settings.precision, self.model.mean,
+                                     self.model.std, settings.threads, libdir=settings.remote_dir)
+        except ValueError as exc:  # the model's mean/std (the settings were checked when made)
             raise DeviceLinkError(f"Bad runner setting: {exc}") from None
-        self.runner = adb.start_runner(self.phone, self.remote_dir, RUNNER_NAME, args, socket_name,
-                                       f"runner-{socket_name}.log", self.adb_timeout)
+        self.runner = adb.start_runner(self.phone, settings.remote_dir, RUNNER_NAME, args, socket_name,
+                                       f"runner-{socket_name}.log", settings.adb_timeout)
         try:
-            sock = adb.wait_for_runner(self.phone, self.runner, self.startup_timeout)
-            self.client = RunnerClient(sock, self.request_timeout)
-            self.hello = self.client.handshake(RUNNER_VERSION, self.model_sha256, token)
-            self.info = self.client.info()
+            sock = adb.wait_for_runner(self.phone, self.runner, settings.startup_timeout)
+            self.client = RunnerClient(sock, settings.request_timeout)
+            hello = self.client.handshake(RUNNER_VERSION, None, token)
+            info = self.client.info()
         except RunnerError as exc:
             log = adb.read_log(self.phone, self.runner.log_path)
             self.stop()
@@ -117,7 +165,8 @@ class RunnerSession:
         except BaseException:
             self.stop()
             raise
-        self.start_ms = (time.perf_counter() - started) * 1000.0
+        self.started = SessionStart(hello, info, push, (time.perf_counter() - started) * 1000.0)
+        return self.started
 
     def healthy(self) -> bool:
         """A PING answered in time; False (and the client dropped) otherwise."""
@@ -135,9 +184,9 @@ class RunnerSession:
             self.client.close()
             self.client = None
 
-    def restart(self) -> None:
+    def restart(self) -> SessionStart:
         self.stop()
-        self.start()
+        return self.start()
 
     def stop(self) -> None:
         """QUIT if the runner still answers, then make sure it is gone and its log removed."""

@@ -8,7 +8,11 @@ cd "$(dirname "$0")/.."
 dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 
+python=${PYTHON:-python3}
 apt_packages=()
+# Debian/Ubuntu split venv's pip bootstrap (ensurepip) into python3-venv; without it
+# `python3 -m venv` leaves a .venv with no pip in it.
+"$python" -c "import ensurepip" 2>/dev/null || apt_packages+=(python3-venv)
 # open3d loads libusb at import time; a bare Debian/Ubuntu machine lacks it.
 ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || apt_packages+=(libusb-1.0-0)
 if [ "$dev" = 1 ]; then
@@ -24,7 +28,11 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_packages[@]}"
 fi
 
-python=${PYTHON:-python3}
+# A .venv without pip (made before python3-venv was installed) is made again.
+if [ -x .venv/bin/python ] && ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  echo "Recreating .venv: it has no pip (it was made without python3-venv)"
+  rm -rf .venv
+fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "$dev" = 1 ]; then
@@ -32,4 +40,6 @@ if [ "$dev" = 1 ]; then
 else
   .venv/bin/python -m pip install -q -r requirements.txt
 fi
+# The project itself (pyproject.toml), editable: imports and the metric3d-demo command point here.
+.venv/bin/python -m pip install -q --no-deps -e .
 echo "Ready: .venv"

@@ -1,8 +1,15 @@
-"""Session fixtures shared by the test suite: golden vectors and project-built models.
+"""Fixtures shared by the test suite, and the test tiers.
 
 Models are built by the project's own conversion code (no downloads) and cached under
 `.cache/test-models/`, keyed by a hash of the conversion sources, so a second test run on the
-same checkout reuses them and a change to the converter rebuilds them.
+same checkout reuses them and a change to the converter rebuilds them. The emulated phone
+and its adb server come from the `testing` package (shared with benchmarks/).
+
+Tiers (markers registered in pyproject.toml): each test gets its markers from the table
+MODULE_MARKERS (by module) and from the fixtures it uses (FIXTURE_MARKERS), so a new test
+file that uses the phone or a full model is classified without listing it; a module can add
+more with `pytestmark`. Tests with none of them are marked `fast`: `pytest -m fast` is the
+day-to-day tier, plain `pytest` (CI) runs everything.
 """
 from __future__ import annotations
 
@@ -11,8 +18,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+
+from testing import device as device_testing
+from testing.adb_emulator import EmulatedPhone, adb_server, emulated_phone
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_CACHE = REPO / ".cache" / "test-models"
@@ -91,3 +102,68 @@ def full_model_fp16(full_model_fp32: Path) -> Path:
     out = MODEL_CACHE / f"metric3d_random0_fp16-{_conversion_key()}.tflite"
     cmd = [sys.executable, "-m", "conversion", "quantize", "--input", str(full_model_fp32), "--output", "{out}"]
     return _build_once("full model (fp16)", cmd, out)
+
+
+@pytest.fixture(scope="session")
+def host_runner_files():
+    """What the tests push as "the runner": the host build and the wheel's libLiteRt.so."""
+    return device_testing.host_runner_files()
+
+
+@pytest.fixture
+def phone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedPhone]:
+    """An emulated Pixel 8a connected to a private adb server (fresh per test)."""
+    with emulated_phone(tmp_path_factory.mktemp("phone")) as connected:
+        yield connected
+
+
+@pytest.fixture
+def adb_server_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A private adb server with no phone attached; yields its port."""
+    with adb_server(tmp_path_factory.mktemp("adb-home")) as port:
+        yield port
+
+
+# ----------------------------------------------------------------------------- test tiers
+
+TIERS = ("slow", "browser", "device", "gpu", "conversion")
+# What a module needs or costs; see pyproject.toml for each marker's meaning.
+MODULE_MARKERS: dict[str, tuple[str, ...]] = {
+    "test_adb_emulator": ("device",),
+    "test_app_api": ("slow",),
+    "test_app_device": ("slow", "device"),
+    "test_app_security": ("slow",),
+    "test_audit": ("slow", "conversion"),
+    "test_benchmarks_smoke": ("slow", "conversion"),
+    "test_checkpoint": ("conversion",),
+    "test_conversion_cli": ("slow", "conversion"),
+    "test_device_build": ("device",),
+    "test_device_faults": ("slow", "device"),
+    "test_device_link": ("slow", "device"),
+    "test_export_rewrites": ("slow", "conversion"),
+    "test_faults": ("slow", "device"),
+    "test_load": ("slow",),
+    "test_model_parity": ("slow", "conversion"),
+    "test_runner_host": ("device", "gpu"),
+    "test_ui_browser": ("slow", "browser"),
+}
+FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
+    "app": ("slow",),  # app.py as a subprocess
+    "wrong_shape_model": ("conversion",),
+    "full_model_fp32": ("slow", "conversion"),
+    "full_model_fp16": ("slow", "conversion"),
+    "phone": ("device",),
+    "host_runner_files": ("device",),
+    "adb_server_port": ("device",),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        wanted = set(MODULE_MARKERS.get(item.module.__name__.rpartition(".")[2], ()))
+        for name in getattr(item, "fixturenames", ()):
+            wanted.update(FIXTURE_MARKERS.get(name, ()))
+        for name in sorted(wanted):
+            item.add_marker(name)
+        if not any(item.get_closest_marker(name) for name in TIERS):
+            item.add_marker("fast")

@@ -9,8 +9,9 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from backend.ply import read_ply
-from tests._app_helpers import REPO, running_app
+from testing import REPO
+from testing.clouds import read_cloud
+from testing.app import running_app
 
 MOTORCYCLE = REPO / "examples" / "motorcycle.png"
 
@@ -18,8 +19,8 @@ MOTORCYCLE = REPO / "examples" / "motorcycle.png"
 @pytest.fixture(scope="module")
 def client(stand_in_model: Path, tmp_path_factory) -> Client:
     logs = tmp_path_factory.mktemp("app")
-    with running_app(stand_in_model, logs / "app.log") as url:
-        yield Client(url, verbose=False, download_files=str(logs / "downloads"), analytics_enabled=False)
+    with running_app(stand_in_model, logs / "app") as app:
+        yield Client(app.url, verbose=False, download_files=str(logs / "downloads"), analytics_enabled=False)
 
 
 def _motorcycle_intrinsics() -> dict:
@@ -44,7 +45,7 @@ def test_predict_returns_files_that_parse(client):
     assert colored.shape[0] == 448 and colored.shape[1] > 448  # depth plus its colorbar
     assert colored[:, :448].reshape(-1, 3).std(axis=0).max() > 5  # not a flat picture
 
-    xyz, rgb = read_ply(ply_path)
+    xyz, rgb = read_cloud(ply_path)
     assert len(xyz) == info["points"] > 0 and rgb.shape == (len(xyz), 3)
     assert np.isclose(xyz[:, 2].max(), depth.max(), rtol=1e-5)
 

@@ -13,13 +13,13 @@ import pytest
 from gradio_client import Client, handle_file
 from playwright.sync_api import expect, sync_playwright
 
-from adb_device_emulator import emulated_phone, wait_for_state
+from testing.adb_emulator import emulated_phone, wait_for_state
 from backend.panels import BUILD_COMMAND, status_markdown, timing_line
 from backend.pipeline import timing_split
 from device.build import build_host
 from device.protocol import RUNNER_VERSION
-from tests._app_helpers import REPO
-from tests._app_process_helpers import app_process, run_app_to_exit
+from testing import REPO
+from testing.app import run_app_to_exit, running_app
 
 MOTORCYCLE = REPO / "examples" / "motorcycle.png"
 ARTIFACTS = REPO / "test-artifacts"
@@ -53,7 +53,7 @@ def pixel_app(phone, stand_in_model: Path, tmp_path_factory):
     logs = tmp_path_factory.mktemp("app-device")
     env = {"ANDROID_ADB_SERVER_PORT": str(phone.adb_port), "XDG_CACHE_HOME": str(logs / "cache")}
     args = ["--backend", "auto", "--serial", phone.serial, "--runner-dir", str(runner_dir), "--temp-dir", str(logs)]
-    with app_process(stand_in_model, logs / "app.log", args, env) as app:
+    with running_app(stand_in_model, logs / "app", args, env) as app:
         client = Client(app.url, verbose=False, download_files=str(logs / "downloads"), analytics_enabled=False)
         yield app, client
 
@@ -160,7 +160,7 @@ def test_stopping_the_app_stops_the_runner_on_the_phone(stand_in_model, tmp_path
     with emulated_phone(tmp_path / "phone") as own_phone:
         env = {"ANDROID_ADB_SERVER_PORT": str(own_phone.adb_port), "XDG_CACHE_HOME": str(tmp_path / "cache")}
         args = ["--backend", "device", "--runner-dir", str(runner_dir), "--temp-dir", str(tmp_path)]
-        with app_process(stand_in_model, tmp_path / "app.log", args, env) as app:
+        with running_app(stand_in_model, tmp_path / "app", args, env) as app:
             assert list(own_phone.device.processes().values()) == ["metric3d_runner"]
             assert app.stop() == 0
         assert own_phone.device.processes() == {}, app.log()[-2000:]
@@ -168,7 +168,7 @@ def test_stopping_the_app_stops_the_runner_on_the_phone(stand_in_model, tmp_path
 
 def test_without_the_android_build_the_app_says_how_to_build_it(stand_in_model, tmp_path):
     env = {"XDG_CACHE_HOME": str(tmp_path / "empty-cache")}  # no LiteRT arm64 libraries there
-    with app_process(stand_in_model, tmp_path / "app.log", ["--backend", "auto", "--temp-dir", str(tmp_path)],
+    with running_app(stand_in_model, tmp_path / "app", ["--backend", "auto", "--temp-dir", str(tmp_path)],
                      env) as app:
         client = Client(app.url, verbose=False, download_files=str(tmp_path / "downloads"), analytics_enabled=False)
         status = client.predict(api_name="/status")
@@ -178,7 +178,7 @@ def test_without_the_android_build_the_app_says_how_to_build_it(stand_in_model, 
     assert info["engine_details"]["notice"].startswith("Pixel not available: The Pixel runner is not built yet")
     assert np.load(npy).shape == (448, 448)
 
-    refused = run_app_to_exit(stand_in_model, ["--backend", "device"], env)
+    refused = run_app_to_exit(stand_in_model, tmp_path / "refused", ["--backend", "device"], env)
     assert refused.returncode == 2
     assert "python -m device build-android" in refused.stderr and "--backend auto" in refused.stderr
 

@@ -15,8 +15,8 @@ from gradio_client import Client, handle_file
 import app
 from backend import serving
 from backend.outputs import OutputStore
-from tests._app_helpers import REPO
-from tests._app_process_helpers import app_process
+from testing import REPO
+from testing.app import running_app
 
 MOTORCYCLE = REPO / "examples" / "motorcycle.png"
 LISTEN = "0A"  # TCP state code in /proc/net/tcp
@@ -49,7 +49,7 @@ def served(stand_in_model: Path, tmp_path_factory):
     work = tmp_path_factory.mktemp("secure-app")
     temp_parent = work / "temp"
     temp_parent.mkdir()
-    with app_process(stand_in_model, work / "app.log",
+    with running_app(stand_in_model, work / "app",
                      ["--backend", "host", "--temp-dir", str(temp_parent), "--keep-results", "3"]) as running:
         client = Client(running.url, verbose=False, download_files=str(work / "downloads"), analytics_enabled=False)
         yield running, client, temp_parent, work
@@ -98,7 +98,7 @@ def test_uploads_and_results_stay_in_a_private_folder_and_expire(served):
 
 
 def test_stopping_the_app_removes_its_private_folder(stand_in_model, tmp_path):
-    with app_process(stand_in_model, tmp_path / "app.log", ["--backend", "host", "--temp-dir", str(tmp_path)]) as run:
+    with running_app(stand_in_model, tmp_path / "app", ["--backend", "host", "--temp-dir", str(tmp_path)]) as run:
         assert len(_private_dirs(tmp_path)) == 1
         assert run.stop() == 0
     assert _private_dirs(tmp_path) == []

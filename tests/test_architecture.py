@@ -4,6 +4,7 @@ torch and device/; device/ never imports the app; nothing the app runs imports c
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,9 @@ def _imported_roots(path: Path) -> set[str]:
 
 
 RULES = [
-    ("backend", {"gradio", "torch", "device", "conversion", "app", "litert_torch"}),
-    ("device", {"app", "gradio", "torch", "conversion", "litert_torch"}),
+    ("backend", {"gradio", "torch", "device", "conversion", "app", "litert_torch", "testing", "tests"}),
+    ("device", {"app", "gradio", "torch", "conversion", "litert_torch", "testing", "tests"}),
+    ("conversion", {"app", "gradio", "device", "testing", "tests"}),
 ]
 
 
@@ -35,7 +37,16 @@ def test_package_imports_respect_the_layout(package, banned):
 
 
 def test_the_app_does_not_import_conversion_or_torch():
-    assert _imported_roots(REPO / "app.py") & {"conversion", "torch", "litert_torch"} == set()
+    assert _imported_roots(REPO / "app.py") & {"conversion", "torch", "litert_torch", "testing", "tests"} == set()
+
+
+def test_nothing_patches_sys_path():
+    """Imports work because the project is a package (pyproject.toml), not because a file edits sys.path."""
+    sources = [p for folder in ("backend", "device", "conversion", "benchmarks", "testing", "tests")
+               for p in (REPO / folder).rglob("*.py")] + [REPO / "app.py"]
+    edit = re.compile(r"sys\.path\.(insert|append|extend)\(|sys\.path\s*[+]?=")
+    offenders = [str(p.relative_to(REPO)) for p in sources if edit.search(p.read_text())]
+    assert offenders == []
 
 
 def test_the_rule_checker_sees_imports_inside_functions(tmp_path):

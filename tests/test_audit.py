@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conversion.audit import GPU_SAFE_OPS, KNOWN_BANNED_OPS, audit_model
-from tests._conversion_helpers import convert_small
+from _conversion_helpers import convert_small
 
 REPO = Path(__file__).resolve().parents[1]
 

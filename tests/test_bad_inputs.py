@@ -18,15 +18,14 @@ from gradio_client import Client, handle_file
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from backend.host_engine import HostEngine
 from backend.imageio import ExifCamera, ImageError, LoadedImage, load_image
 from backend.intrinsics import Intrinsics, IntrinsicsError, centered
 from backend.pipeline import run
-from tests._app_helpers import REPO
-from tests._bad_inputs import (EXIF_ROT90_K, GOOD_INTRINSICS, INTRINSICS_IMAGE_SIZE, ImageCase, IntrinsicsCase,
+from testing import REPO
+from _bad_inputs import (EXIF_ROT90_K, GOOD_INTRINSICS, INTRINSICS_IMAGE_SIZE, ImageCase, IntrinsicsCase,
                                encode, image_cases, intrinsics_cases, quadrants)
-from tests._reliability_helpers import AppUnderTest, app_subprocess
-from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS
+from testing.app import AppProcess, running_app
+from test_ui_browser import CHROMIUM, CHROMIUM_ARGS
 
 IMAGE_CASES = image_cases()
 INTRINSICS_CASES = intrinsics_cases()
@@ -58,19 +57,14 @@ def _intrinsics_photo() -> bytes:
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def engine(stand_in_engine: HostEngine) -> HostEngine:
-    return stand_in_engine
-
-
 @pytest.fixture(scope="module")
-def app(stand_in_model: Path, tmp_path_factory) -> AppUnderTest:
-    with app_subprocess(stand_in_model, tmp_path_factory.mktemp("bad-inputs-app")) as running:
+def app(stand_in_model: Path, tmp_path_factory) -> AppProcess:
+    with running_app(stand_in_model, tmp_path_factory.mktemp("bad-inputs-app")) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def client(app: AppUnderTest, tmp_path_factory) -> Client:
+def client(app: AppProcess, tmp_path_factory) -> Client:
     return Client(app.url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
 
 
@@ -99,7 +93,7 @@ def _assert_still_serving(client: Client) -> None:
     assert (info["image"]["width"], info["image"]["height"]) == (741, 500)
 
 
-def _leftovers(app: AppUnderTest, before: set[Path], uploaded_names: set[str]) -> list[str]:
+def _leftovers(app: AppProcess, before: set[Path], uploaded_names: set[str]) -> list[str]:
     """Files that appeared since `before` other than the uploads themselves (which Gradio's cache
     sweep owns) and the empty files of Gradio's gr.File leak (their own test below)."""
     found = []
@@ -128,7 +122,7 @@ def test_corpus_is_broad_and_its_names_are_distinct():
 
 
 @pytest.mark.parametrize("case", IMAGE_CASES, ids=[c.name for c in IMAGE_CASES])
-def test_backend_explains_bad_files_and_decodes_odd_ones(case: ImageCase, engine, tmp_path):
+def test_backend_explains_bad_files_and_decodes_odd_ones(case: ImageCase, stand_in_engine, tmp_path):
     path = tmp_path / case.filename
     path.write_bytes(case.make())
     if case.error:
@@ -141,22 +135,22 @@ def test_backend_explains_bad_files_and_decodes_odd_ones(case: ImageCase, engine
     for x, y, want in case.probes:
         got = image.rgb[y, x].astype(int)
         assert np.abs(got - want).max() <= case.tolerance, f"pixel ({x}, {y}) is {got.tolist()}, expected {want}"
-    result = run(image, _centred_for(image.width, image.height), engine)
+    result = run(image, _centred_for(image.width, image.height), stand_in_engine)
     assert result.image_size == case.size
     assert result.depth.shape == (448, 448) and np.isfinite(result.depth).all()
 
 
 @pytest.mark.parametrize("case", INTRINSICS_CASES, ids=[c.name for c in INTRINSICS_CASES])
-def test_backend_explains_impossible_cameras(case: IntrinsicsCase, engine):
+def test_backend_explains_impossible_cameras(case: IntrinsicsCase, stand_in_engine):
     image = load_image(_intrinsics_photo())
     intrinsics = Intrinsics(*case.values)  # type: ignore[arg-type]
     if case.error:
         with pytest.raises(IntrinsicsError) as err:
-            run(image, intrinsics, engine)
+            run(image, intrinsics, stand_in_engine)
         words = case.backend_error or case.error
         assert not _missing_words(str(err.value), words), str(err.value)
         return
-    result = run(image, intrinsics, engine)
+    result = run(image, intrinsics, stand_in_engine)
     side = min(INTRINSICS_IMAGE_SIZE)
     assert result.network_intrinsics.fx == pytest.approx(case.values[0] * 448 / side)
     assert result.network_intrinsics.fy == pytest.approx(case.values[1] * 448 / side)
@@ -183,7 +177,7 @@ def test_api_explains_bad_files_then_serves_a_good_request(batch: list[ImageCase
     _assert_still_serving(client)
 
 
-def test_api_works_for_odd_but_valid_files(app, client, engine, tmp_path):
+def test_api_works_for_odd_but_valid_files(app, client, stand_in_engine, tmp_path):
     problems = []
     for case in ODD_FILES:
         path = tmp_path / case.filename
@@ -198,19 +192,19 @@ def test_api_works_for_odd_but_valid_files(app, client, engine, tmp_path):
         if size != case.size:
             problems.append(f"{case.name}: the app saw {size}, expected {case.size}")
         if case.exif_orientation:
-            expected = _depth_of_upright_by_hand(path, case.exif_orientation, engine)
+            expected = _depth_of_upright_by_hand(path, case.exif_orientation, stand_in_engine)
             if not np.allclose(np.load(npy), expected, atol=1e-5, rtol=0):
                 problems.append(f"{case.name}: depth differs from the hand-rotated photo's")
     assert not problems, "\n".join(problems)
 
 
-def _depth_of_upright_by_hand(path: Path, orientation: int, engine) -> np.ndarray:
+def _depth_of_upright_by_hand(path: Path, orientation: int, stand_in_engine) -> np.ndarray:
     """Depth of the stored pixels rotated by numpy as EXIF says (not by the app's own EXIF code)."""
     with Image.open(path) as im:
         stored = np.asarray(im.convert("RGB"))
     upright = np.ascontiguousarray(np.rot90(stored, EXIF_ROT90_K[orientation]))
     image = LoadedImage(upright, ExifCamera(), "JPEG", "RGB")
-    return run(image, _centred_for(image.width, image.height), engine).depth
+    return run(image, _centred_for(image.width, image.height), stand_in_engine).depth
 
 
 def test_api_explains_impossible_cameras_then_serves(app, client, tmp_path):
@@ -290,6 +284,7 @@ def test_api_requests_leave_no_empty_temp_files(app, client, tmp_path):
 # ----------------------------------------------------------------------------- the page
 
 
+@pytest.mark.browser
 def test_ui_shows_the_reason_for_broken_uploads_then_an_example_still_works(app, tmp_path):
     broken = {case.filename: case for case in BAD_FILES
               if case.name in ("text file renamed .png", "truncated JPEG", "HEIC signature")}

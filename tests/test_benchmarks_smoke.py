@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.report import REQUIRED, TARGETS, evaluate_targets, pixel_estimate, table
+from benchmarks.report import BREAKDOWNS, REQUIRED, TARGETS, evaluate_targets, pixel_estimate, table
 from benchmarks.timing import median_ms, medians
 from device.protocol import HEADER_SIZE, INFER_REPLY
 
@@ -42,7 +42,7 @@ def test_every_headline_key_is_finite_and_positive(quick_run):
     missing = [k for k in REQUIRED if k not in results]
     assert not missing
     assert {k: results[k] for k in REQUIRED if not _positive(results[k])} == {}
-    for group in ("host_post_breakdown_ms", "resident_breakdown_ms", "oneshot_breakdown_ms", "link_breakdown_ms"):
+    for group in BREAKDOWNS:
         assert results[group] and all(math.isfinite(v) and v >= 0 for v in results[group].values()), group
     assert results["machine"]["cores"] >= 1 and results["machine"]["litert"] != "not installed"
     assert results["mode"] == "quick"

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from _model_helpers import make_weights_module, seed0_arrays
-from conversion.checkpoint import (CheckpointError, load_checkpoint, model_from_state_dict,
-                                   sha256_file, state_dict_from_numpy)
+from backend.digest import file_sha256
+from conversion.checkpoint import CheckpointError, load_checkpoint, model_from_state_dict, state_dict_from_numpy
 
 MASK_TOKEN = "depth_model.encoder.mask_token"
 ALIAS = ("depth_model.decoder.context_feature_encoder.outputs04.0.0.norm3.weight",
@@ -69,9 +69,9 @@ def test_state_dict_from_numpy_loads_all_keys(golden_dir):
     assert torch.equal(model.state_dict()[MASK_TOKEN], torch.zeros(1, 384))
 
 
-def test_sha256_file_matches_hashlib(seed0_checkpoint):
+def test_checkpoint_sha256_matches_hashlib(seed0_checkpoint):
     expected = hashlib.sha256(seed0_checkpoint.read_bytes()).hexdigest()
-    assert sha256_file(seed0_checkpoint, chunk_bytes=12345) == expected
+    assert file_sha256(seed0_checkpoint) == expected
 
 
 def test_truncated_file(seed0_checkpoint, tmp_path):

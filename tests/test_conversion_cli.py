@@ -13,7 +13,7 @@ import pytest
 
 from backend.model_info import METADATA_NAME
 from conversion.metadata import embed_metadata, read_metadata
-from tests._conversion_helpers import run_litert
+from _conversion_helpers import run_litert
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,9 @@
 downloads and cache — with the download base pointed at loopback servers (no network here)."""
 from __future__ import annotations
 
+import hashlib
 import http.server
+import json
 import os
 import shutil
 import socket
@@ -11,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import device.build as build
@@ -159,6 +162,50 @@ def test_download_fills_the_cache_with_progress_then_hits(tmp_path, file_server)
     assert len(seen) > 2  # more than one update per file
     (root / "2.3.0" / "android_arm64" / "libLiteRt.so").unlink()
     assert build.fetch_android_libraries("2.3.0", cache, base, progress=None)[1] == []
+
+
+def _publish(root: Path, seed: int = 0) -> dict[str, bytes]:
+    payloads = {name: np.random.default_rng(seed + i).bytes(70_000 + i) for i, name in enumerate(build.ANDROID_LIBS)}
+    for name, data in payloads.items():
+        (root / "2.3.0" / "android_arm64" / name).write_bytes(data)
+    return payloads
+
+
+def test_pinned_sha256_accepts_the_right_file_and_refuses_another(tmp_path, file_server):
+    root, base = file_server
+    payloads = _publish(root)
+    right = {name: hashlib.sha256(data).hexdigest() for name, data in payloads.items()}
+    paths, _ = build.fetch_android_libraries("2.3.0", tmp_path / "ok", base, progress=None, pinned=right)
+    assert [p.read_bytes() for p in paths] == list(payloads.values())
+    assert not (paths[0].parent / build.TRUSTED_RECORD).exists()  # pinned: nothing to trust
+    wrong = dict(right, **{"libLiteRt.so": "0" * 64})
+    with pytest.raises(BuildError, match="does not have the expected sha256"):
+        build.fetch_android_libraries("2.3.0", tmp_path / "bad", base, progress=None, pinned=wrong)
+    assert not (tmp_path / "bad" / "2.3.0" / "android_arm64" / "libLiteRt.so").exists()
+
+
+def test_unpinned_files_are_trusted_on_first_use_recorded_and_then_checked(tmp_path, file_server, capsys):
+    root, base = file_server
+    payloads = _publish(root)
+    cache = tmp_path / "cache"
+    unpinned = {name: None for name in build.ANDROID_LIBS}
+    paths, downloaded = build.fetch_android_libraries("2.3.0", cache, base, progress=None, pinned=unpinned)
+    record = json.loads((paths[0].parent / build.TRUSTED_RECORD).read_text())
+    assert record == {name: hashlib.sha256(data).hexdigest() for name, data in payloads.items()}
+    warning = capsys.readouterr().err
+    assert "no pinned sha256" in warning and "LITERT_ANDROID_SHA256" in warning and record["libLiteRt.so"] in warning
+    assert downloaded == list(build.ANDROID_LIBS)
+    paths[0].write_bytes(b"tampered")  # the cached copy no longer matches its record: fetched again
+    _, again = build.fetch_android_libraries("2.3.0", cache, base, progress=None, pinned=unpinned)
+    assert again == ["libLiteRt.so"] and paths[0].read_bytes() == payloads["libLiteRt.so"]
+    _publish(root, seed=7)  # the server now serves other bytes than the recorded ones
+    paths[0].write_bytes(b"tampered")
+    with pytest.raises(BuildError, match="does not have the expected sha256"):
+        build.fetch_android_libraries("2.3.0", cache, base, progress=None, pinned=unpinned)
+
+
+def test_the_pinned_table_covers_the_pinned_litert_version():
+    assert set(build.LITERT_ANDROID_SHA256[build.litert_version()]) == set(build.ANDROID_LIBS)
 
 
 def test_missing_release_is_a_404_with_a_hint(tmp_path, file_server):

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _device_helpers import RUNNER, deadline, engine_options, host_runner_files, phone, remote_dir_on_host  # noqa: F401
+from testing.device import RUNNER, deadline, emulated_link, remote_dir_on_host
 from backend.host_engine import HostEngine
 from device import adb
 from device.adb import DeviceLinkError
-from device.engine import DeviceEngine, measure_link
+from device.engine import DeviceEngine
 from device.protocol import RUNNER_VERSION
 from device.session import android_runner_files
 
@@ -85,7 +85,7 @@ def test_push_sends_only_what_changed(phone, tmp_path):
 def test_device_engine_matches_the_host_engine(phone, stand_in_model, host_runner_files):
     host = HostEngine(stand_in_model)
     with deadline(120):
-        engine = DeviceEngine(stand_in_model, phone.serial, want="f32", **engine_options(phone, host_runner_files))
+        engine = DeviceEngine(stand_in_model, phone.serial, emulated_link(phone, want="f32"), host_runner_files).start()
         try:
             for seed in (1, 2):
                 rgb = _image(engine.input_size, seed)
@@ -102,7 +102,7 @@ def test_device_engine_matches_the_host_engine(phone, stand_in_model, host_runne
 def test_float16_replies_are_within_half_precision(phone, stand_in_model, host_runner_files):
     host = HostEngine(stand_in_model)
     with deadline(120):
-        engine = DeviceEngine(stand_in_model, phone.serial, want="f16", **engine_options(phone, host_runner_files))
+        engine = DeviceEngine(stand_in_model, phone.serial, emulated_link(phone, want="f16"), host_runner_files).start()
         try:
             rgb = _image(engine.input_size, 3)
             expected = host.infer(rgb).depth
@@ -117,7 +117,7 @@ def test_float16_replies_are_within_half_precision(phone, stand_in_model, host_r
 
 def test_info_describes_phone_runner_and_push(phone, stand_in_model, host_runner_files):
     with deadline(120):
-        engine = DeviceEngine(stand_in_model, phone.serial, **engine_options(phone, host_runner_files))
+        engine = DeviceEngine(stand_in_model, phone.serial, emulated_link(phone), host_runner_files).start()
         try:
             info = engine.info()
             pids = list(phone.device.processes())
@@ -136,14 +136,14 @@ def test_info_describes_phone_runner_and_push(phone, stand_in_model, host_runner
 def test_close_stops_the_runner_removes_its_log_and_keeps_cached_files(phone, stand_in_model, host_runner_files):
     on_phone = remote_dir_on_host(phone)
     with deadline(120):
-        first = DeviceEngine(stand_in_model, phone.serial, **engine_options(phone, host_runner_files))
+        first = DeviceEngine(stand_in_model, phone.serial, emulated_link(phone), host_runner_files).start()
         socket_one = first._session.runner.socket_name
         assert any(p.name.startswith("runner-") for p in on_phone.iterdir())
         first.close()
         assert phone.device.processes() == {}
         assert not any(p.name.startswith("runner-") for p in on_phone.iterdir())
         assert {p.name for p in on_phone.iterdir()} == {RUNNER, "model.tflite", "libLiteRt.so"}
-        second = DeviceEngine(stand_in_model, phone.serial, **engine_options(phone, host_runner_files))
+        second = DeviceEngine(stand_in_model, phone.serial, emulated_link(phone), host_runner_files).start()
         try:
             socket_two = second._session.runner.socket_name
             pushed = second.info().details["pushed"]
@@ -152,17 +152,6 @@ def test_close_stops_the_runner_removes_its_log_and_keeps_cached_files(phone, st
             second.close()
     assert pushed.startswith("nothing")
     assert socket_one != socket_two
-
-
-def test_measure_link_reports_round_trip_and_runner_time(phone, stand_in_model, host_runner_files):
-    with deadline(120):
-        engine = DeviceEngine(stand_in_model, phone.serial, **engine_options(phone, host_runner_files))
-        try:
-            numbers = measure_link(engine, runs=3)
-        finally:
-            engine.close()
-    assert numbers["runs"] == 3
-    assert numbers["round_trip_ms"] >= numbers["runner_ms"] > 0
 
 
 def test_missing_android_build_says_what_to_run(tmp_path):
@@ -174,14 +163,32 @@ def test_missing_android_build_says_what_to_run(tmp_path):
 def test_a_new_session_stops_a_runner_left_behind(phone, stand_in_model, host_runner_files):
     """A runner orphaned by a lost connection (cable pulled) must not outlive the next session."""
     with deadline(120):
-        orphaned = DeviceEngine(stand_in_model, phone.serial, **engine_options(phone, host_runner_files))
+        orphaned = DeviceEngine(stand_in_model, phone.serial, emulated_link(phone), host_runner_files).start()
         old_pid = orphaned._session.runner.pid
         orphaned._session.drop_connection()  # the host side is gone; the runner keeps waiting
         assert old_pid in phone.device.processes()
-        fresh = DeviceEngine(stand_in_model, phone.serial, **engine_options(phone, host_runner_files))
+        fresh = DeviceEngine(stand_in_model, phone.serial, emulated_link(phone), host_runner_files).start()
         try:
             assert old_pid not in phone.device.processes()
             assert list(phone.device.processes()) == [fresh._session.runner.pid]
             fresh.infer(_image(fresh.input_size))
         finally:
             fresh.close()
+
+
+def test_stop_then_start_again_serves_with_a_fresh_runner(phone, stand_in_model, host_runner_files):
+    engine = DeviceEngine(stand_in_model, phone.serial, emulated_link(phone), host_runner_files)
+    assert phone.device.processes() == {}  # constructed: nothing started yet
+    with deadline(120):
+        try:
+            engine.start()
+            (first,) = phone.device.processes()
+            engine.stop()
+            stopped = dict(phone.device.processes())
+            engine.start()
+            (second,) = phone.device.processes()
+            result = engine.infer(_image(engine.input_size))
+        finally:
+            engine.close()
+    assert stopped == {} and second != first
+    assert result.depth.shape == (448, 448) and phone.device.processes() == {}

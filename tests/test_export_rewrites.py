@@ -15,7 +15,7 @@ from conversion.audit import audit_model
 from conversion.export import ops
 from conversion.export.decoder import norm_normalize
 from conversion.export.encoder import ExportBlock
-from tests._conversion_helpers import convert_small, run_litert
+from _conversion_helpers import convert_small, run_litert
 
 torch.manual_seed(0)
 

@@ -8,22 +8,17 @@ Every test runs under a deadline, so a hang fails instead of blocking the suite.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 
-from _device_helpers import (RUNNER, deadline, engine_options, host_runner_files, phone,  # noqa: F401
-                             remote_dir_on_host)
-from adb_device_emulator import AdbDeviceEmulator, EmulatedPhone, adb_binary, free_port, wait_for_state
+from testing import REPO
+from testing.adb_emulator import AdbDeviceEmulator, emulated_phone, wait_for_state
+from testing.device import RUNNER, deadline, emulated_link, remote_dir_on_host
 from backend.engine import EngineError
 from backend.host_engine import HostEngine
 from backend.intrinsics import Intrinsics
@@ -31,9 +26,8 @@ from backend.imageio import ExifCamera, LoadedImage
 from backend.pipeline import run
 from device.adb import DeviceGoneError, DeviceLinkError
 from device.backends import Backends
-from device.engine import DeviceEngine, FallbackEngine
-from tests._app_helpers import REPO
-from tests._reliability_helpers import app_subprocess
+from device.engine import DeviceEngine
+from testing.app import run_app_to_exit, running_app
 
 RECOVERY_BOUND_S = 5.0
 SIZE = 448
@@ -107,91 +101,10 @@ class CablePulledMidRequest(AdbDeviceEmulator):
             transport.drop()
 
 
-class RestartableAdbServer:
-    """A private adb server on a fixed port that a test can kill and start again.
-
-    adbutils runs `adb start-server` whenever it cannot reach the server, so after a kill
-    the app's own next adb call may bring a (daemon) server back first. While this object
-    lives, ANDROID_ADB_SERVER_PORT and ANDROID_USER_HOME point at it, so such a server lands
-    on this port with this temp home, and kill()/close() end it too: nothing outlives the test.
-    """
-
-    def __init__(self, home: Path) -> None:
-        home.mkdir(parents=True, exist_ok=True)
-        self.home = home
-        self.port = free_port()
-        overrides = {"ANDROID_ADB_SERVER_PORT": str(self.port), "ANDROID_USER_HOME": str(home / ".android"),
-                     "ADB_MDNS": "0", "ADB_USB": "0"}
-        self.env = dict(os.environ, HOME=str(home), **overrides)
-        self._saved = {k: os.environ.get(k) for k in overrides}
-        os.environ.update(overrides)
-        self._proc: subprocess.Popen | None = None
-        self._log = (home / "adb-server.log").open("ab")
-
-    def start(self) -> None:
-        """Start a server on the port, unless adbutils already brought one back there."""
-        if _port_open(self.port):
-            return
-        self._proc = subprocess.Popen([adb_binary(), "-L", f"tcp:localhost:{self.port}", "server", "nodaemon"],
-                                      env=self.env, stdin=subprocess.DEVNULL, stdout=self._log,
-                                      stderr=subprocess.STDOUT)
-        deadline_at = time.monotonic() + 20
-        while time.monotonic() < deadline_at:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"adb server exited: {(self.home / 'adb-server.log').read_text()[-2000:]}")
-            if _port_open(self.port):
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"adb server did not listen on {self.port}")
-
-    def kill(self) -> None:
-        """SIGKILL our server (it dies without a goodbye, as in a crash); end an auto-started one too."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(timeout=10)
-        self._proc = None
-        if _port_open(self.port):
-            subprocess.run([adb_binary(), "-P", str(self.port), "kill-server"], env=self.env, capture_output=True,
-                           timeout=10)
-
-    def close(self) -> None:
-        self.kill()
-        self._log.close()
-        for key, value in self._saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def _attach(client, serial: str) -> None:
     """What USB does by itself for a real phone: the (new) server finds the device."""
     client.connect(serial, timeout=10)
     wait_for_state(client, serial, ("device",))
-
-
-@contextlib.contextmanager
-def emulated_setup(workdir: Path, device_class: type[AdbDeviceEmulator] = AdbDeviceEmulator
-                   ) -> Iterator[tuple[EmulatedPhone, RestartableAdbServer]]:
-    from adbutils import AdbClient
-
-    device = device_class(workdir / "device-root", free_port())
-    server = RestartableAdbServer(workdir / "adb-home")
-    try:
-        server.start()
-        client = AdbClient(host="127.0.0.1", port=server.port, socket_timeout=10)
-        serial = f"127.0.0.1:{device.port}"
-        _attach(client, serial)
-        yield EmulatedPhone(client, serial, device, server.port), server
-    finally:
-        device.close()
-        server.close()
 
 
 # ----------------------------------------------------------------------------- runner crashes
@@ -201,7 +114,7 @@ def test_runner_crash_mid_request_is_explained_and_the_next_request_recovers(
         phone, stand_in_model, host_runner_files, host):
     rgb = _rgb(1)
     with deadline(90):
-        engine = DeviceEngine(stand_in_model, phone.serial, **engine_options(phone, host_runner_files))
+        engine = DeviceEngine(stand_in_model, phone.serial, emulated_link(phone), host_runner_files).start()
         try:
             (first_pid,) = phone.device.processes()
             phone.device.kill_on_next_socket_data(RUNNER, min_bytes=4096)  # the INFER frame, not the health ping
@@ -222,7 +135,7 @@ def test_runner_killed_between_requests_is_restarted_within_the_next_request(
         phone, stand_in_model, host_runner_files, host):
     rgb = _rgb(2)
     with deadline(90):
-        engine = DeviceEngine(stand_in_model, phone.serial, **engine_options(phone, host_runner_files))
+        engine = DeviceEngine(stand_in_model, phone.serial, emulated_link(phone), host_runner_files).start()
         try:
             assert len(phone.device.kill_by_name(RUNNER)) == 1
             result, took = _timed(lambda: engine.infer(rgb))
@@ -239,8 +152,8 @@ def test_runner_killed_between_requests_is_restarted_within_the_next_request(
 
 def test_cable_pulled_during_an_inference_is_a_clear_error_within_the_bound(
         tmp_path, stand_in_model, host_runner_files):
-    with deadline(90), emulated_setup(tmp_path, CablePulledMidRequest) as (ph, _server):
-        engine = DeviceEngine(stand_in_model, ph.serial, **engine_options(ph, host_runner_files))
+    with deadline(90), emulated_phone(tmp_path, device_class=CablePulledMidRequest) as ph:
+        engine = DeviceEngine(stand_in_model, ph.serial, emulated_link(ph), host_runner_files).start()
         try:
             ph.device.pull_cable_on_next_socket_data(4096)
             error, took = _timed_error(lambda: engine.infer(_rgb(3)), DeviceGoneError)
@@ -250,32 +163,15 @@ def test_cable_pulled_during_an_inference_is_a_clear_error_within_the_bound(
     assert took < RECOVERY_BOUND_S, f"the unplug was reported after {took:.1f} s"
 
 
-def test_cable_pulled_during_an_inference_falls_back_to_the_host(tmp_path, stand_in_model, host_runner_files,
-                                                                 host):
-    rgb = _rgb(4)
-    with deadline(90), emulated_setup(tmp_path, CablePulledMidRequest) as (ph, _server):
-        engine = FallbackEngine(stand_in_model, ph.serial, **engine_options(ph, host_runner_files))
-        try:
-            assert engine.on_device
-            ph.device.pull_cable_on_next_socket_data(4096)
-            result, took = _timed(lambda: engine.infer(rgb))
-            info = engine.info()
-        finally:
-            engine.close()
-    assert took < RECOVERY_BOUND_S, f"the request finished on the host after {took:.1f} s"
-    assert info.engine == "Host LiteRT" and "Pixel disconnected" in info.details["notice"]
-    np.testing.assert_array_equal(result.depth, host.infer(rgb).depth)
-
-
 def test_app_backends_move_auto_requests_to_the_host_when_the_cable_is_pulled(
         tmp_path, stand_in_model, host_runner_files, host):
     """The app's own path (device.backends): one full pipeline request, the phone lost during it."""
     rgb = _rgb(5)
     image = LoadedImage(rgb, ExifCamera(), "PNG", "RGB")
     intrinsics = Intrinsics(500.0, 500.0, (SIZE - 1) / 2, (SIZE - 1) / 2)
-    with deadline(120), emulated_setup(tmp_path, CablePulledMidRequest) as (ph, _server):
+    with deadline(120), emulated_phone(tmp_path, device_class=CablePulledMidRequest) as ph:
         backends = Backends(lambda: HostEngine(stand_in_model),
-                            lambda: DeviceEngine(stand_in_model, ph.serial, **engine_options(ph, host_runner_files)))
+                            lambda: DeviceEngine(stand_in_model, ph.serial, emulated_link(ph), host_runner_files))
         try:
             assert backends.pick("auto").where == "device"
             ph.device.pull_cable_on_next_socket_data(4096)
@@ -297,13 +193,13 @@ def test_app_backends_move_auto_requests_to_the_host_when_the_cable_is_pulled(
 
 def test_adb_server_restart_is_survived_on_the_phone(tmp_path, stand_in_model, host_runner_files, host):
     rgb = _rgb(6)
-    with deadline(120), emulated_setup(tmp_path) as (ph, server):
-        engine = DeviceEngine(stand_in_model, ph.serial, **engine_options(ph, host_runner_files))
+    with deadline(120), emulated_phone(tmp_path) as ph:
+        engine = DeviceEngine(stand_in_model, ph.serial, emulated_link(ph), host_runner_files).start()
         try:
             engine.infer(rgb)
-            server.kill()
+            ph.server.kill()
             gone, reported_after = _timed_error(lambda: engine.infer(rgb), DeviceGoneError)
-            server.start()
+            ph.server.start()
             _attach(ph.client, ph.serial)
             result, recovered_after = _timed(lambda: engine.infer(rgb))
             restarts = engine.info().details["runner_restarts"]
@@ -316,19 +212,21 @@ def test_adb_server_restart_is_survived_on_the_phone(tmp_path, stand_in_model, h
     _assert_phone_depth(result.depth, host.infer(rgb).depth)
 
 
-def test_adb_server_death_falls_back_to_the_host(tmp_path, stand_in_model, host_runner_files, host):
+def test_adb_server_death_moves_auto_requests_to_the_host(tmp_path, stand_in_model, host_runner_files, host):
     rgb = _rgb(7)
-    with deadline(90), emulated_setup(tmp_path) as (ph, server):
-        engine = FallbackEngine(stand_in_model, ph.serial, **engine_options(ph, host_runner_files))
+    infer = lambda pick: pick.engine.infer(rgb)  # noqa: E731
+    with deadline(90), emulated_phone(tmp_path) as ph:
+        backends = Backends(lambda: HostEngine(stand_in_model),
+                            lambda: DeviceEngine(stand_in_model, ph.serial, emulated_link(ph), host_runner_files))
         try:
-            assert engine.on_device
-            server.kill()
-            result, took = _timed(lambda: engine.infer(rgb))
-            info = engine.info()
+            assert backends.pick("auto").where == "device"
+            ph.server.kill()
+            (result, pick), took = _timed(lambda: backends.run("auto", infer))
+            serving = pick.engine.info().engine
         finally:
-            engine.close()
+            backends.close()
     assert took < RECOVERY_BOUND_S, f"the fallback request took {took:.1f} s"
-    assert info.engine == "Host LiteRT" and "Pixel disconnected" in info.details["notice"]
+    assert serving == "Host LiteRT" and "Pixel disconnected" in pick.notice
     np.testing.assert_array_equal(result.depth, host.infer(rgb).depth)
 
 
@@ -336,12 +234,12 @@ def test_adb_server_death_falls_back_to_the_host(tmp_path, stand_in_model, host_
 
 
 def test_model_replaced_on_the_host_is_refused_by_its_sha256(phone, stand_in_model, host_runner_files, tmp_path):
-    """The app loaded model A; the file now holds B. The runner is restarted with B pushed, and the
-    handshake (which expects A's sha256) must refuse it instead of silently serving B."""
+    """The app loaded model A; the file now holds B. Restarting the runner must refuse B (its sha256
+    differs from the one loaded) instead of silently serving it."""
     model = tmp_path / "model.tflite"
     model.write_bytes(stand_in_model.read_bytes())
     with deadline(90):
-        engine = DeviceEngine(model, phone.serial, **engine_options(phone, host_runner_files))
+        engine = DeviceEngine(model, phone.serial, emulated_link(phone), host_runner_files).start()
         try:
             model.write_bytes(stand_in_model.read_bytes() + b"\0" * 64)  # still loads; different sha256
             phone.device.kill_by_name(RUNNER)
@@ -349,15 +247,16 @@ def test_model_replaced_on_the_host_is_refused_by_its_sha256(phone, stand_in_mod
         finally:
             engine.close()
     message = str(error)
-    assert "could not be restarted" in message and "refused the session" in message
-    assert "sha256" in message
+    assert "could not be restarted" in message and "changed since the app loaded it" in message
+    assert "sha256" in message and "Restart the app" in message
+    assert (remote_dir_on_host(phone) / "model.tflite").read_bytes() == stand_in_model.read_bytes()  # B not pushed
     assert took < RECOVERY_BOUND_S
 
 
 def test_model_corrupted_on_the_phone_is_pushed_again(phone, stand_in_model, host_runner_files, host):
     rgb = _rgb(9)
     with deadline(90):
-        engine = DeviceEngine(stand_in_model, phone.serial, **engine_options(phone, host_runner_files))
+        engine = DeviceEngine(stand_in_model, phone.serial, emulated_link(phone), host_runner_files).start()
         try:
             on_phone = remote_dir_on_host(phone) / "model.tflite"
             on_phone.write_bytes(on_phone.read_bytes()[:1000])  # flash corruption, a cut-short copy
@@ -386,7 +285,7 @@ def test_truncated_model_is_a_clear_error_on_host_and_phone(keep, host_words, ph
     with deadline(60):
         host_error, _ = _timed_error(lambda: HostEngine(cut))
         phone_error, took = _timed_error(
-            lambda: DeviceEngine(cut, phone.serial, **engine_options(phone, host_runner_files)))
+            lambda: DeviceEngine(cut, phone.serial, emulated_link(phone), host_runner_files).start())
     assert all(w in str(host_error) for w in host_words), str(host_error)
     assert all(w in str(phone_error) for w in phone_words), str(phone_error)
     assert took < RECOVERY_BOUND_S, f"refusing the model on the phone took {took:.1f} s"
@@ -398,7 +297,7 @@ def test_missing_model_is_a_clear_error(phone, stand_in_model, host_runner_files
     with deadline(30):
         host_error, _ = _timed_error(lambda: HostEngine(missing))
         phone_error, _ = _timed_error(
-            lambda: DeviceEngine(missing, phone.serial, **engine_options(phone, host_runner_files)))
+            lambda: DeviceEngine(missing, phone.serial, emulated_link(phone), host_runner_files).start())
     for error in (host_error, phone_error):
         assert "model file not found" in str(error) and "nowhere.tflite" in str(error)
 
@@ -408,10 +307,7 @@ def test_app_refuses_to_start_with_a_bad_model_and_says_why(problem, stand_in_mo
     model = tmp_path / "model.tflite"
     if problem == "truncated":
         model.write_bytes(stand_in_model.read_bytes()[:5000])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METRIC3D_")}
-    env.update(GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", TMPDIR=str(tmp_path))
-    proc = subprocess.run([sys.executable, "app.py", "--model", str(model), "--backend", "host", "--port",
-                           str(free_port())], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = run_app_to_exit(model, tmp_path / "app", ["--backend", "host"])
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2, output[-2000:]
     expected = "does not exist" if problem == "missing" else "damaged or incomplete"
@@ -428,10 +324,10 @@ def test_app_api_explains_a_runner_crash_recovers_and_survives_a_pulled_cable(tm
     photo = REPO / "examples" / "motorcycle.png"
     intr = (994.978, 994.978, 311.193, 254.877)
 
-    with deadline(240), emulated_setup(tmp_path / "phone", CablePulledMidRequest) as (ph, server):
-        env = {"ANDROID_ADB_SERVER_PORT": str(server.port)}
+    with deadline(240), emulated_phone(tmp_path / "phone", device_class=CablePulledMidRequest) as ph:
+        env = {"ANDROID_ADB_SERVER_PORT": str(ph.server.port)}
         args = ["--runner-dir", str(host_runner_files.runner.parent)]
-        with app_subprocess(stand_in_model, tmp_path / "app", backend="auto", extra_args=args, extra_env=env) as app:
+        with running_app(stand_in_model, tmp_path / "app", ["--backend", "auto", *args], env) as app:
             client = Client(app.url, verbose=False, download_files=str(tmp_path / "downloads"))
 
             def predict():

@@ -12,12 +12,7 @@ import pytest
 from backend.engine import EngineError
 from backend.host_engine import HostEngine
 from backend.preprocess import normalize
-from tests._app_helpers import REPO
-
-
-@pytest.fixture
-def engine(stand_in_engine: HostEngine) -> HostEngine:
-    return stand_in_engine
+from testing import REPO
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +34,9 @@ def _images(n: int, size: int = 448) -> list[np.ndarray]:
     return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
 
 
-def test_output_shape_dtype_and_determinism(engine):
+def test_output_shape_dtype_and_determinism(stand_in_engine):
     a, b = _images(2)
-    first, again, other = engine.infer(a), engine.infer(a), engine.infer(b)
+    first, again, other = stand_in_engine.infer(a), stand_in_engine.infer(a), stand_in_engine.infer(b)
     assert first.depth.shape == (448, 448) and first.depth.dtype == np.float32
     assert np.isfinite(first.depth).all()
     np.testing.assert_array_equal(first.depth, again.depth)
@@ -49,22 +44,22 @@ def test_output_shape_dtype_and_determinism(engine):
     assert set(first.timings_ms) == {"normalize", "compute"} and all(v >= 0 for v in first.timings_ms.values())
 
 
-def test_matches_the_plain_litert_interpreter(engine, stand_in_model):
+def test_matches_the_plain_litert_interpreter(stand_in_engine, stand_in_model):
     from ai_edge_litert.interpreter import Interpreter
 
     (rgb,) = _images(1)
-    info = engine.info().model
+    info = stand_in_engine.info().model
     interp = Interpreter(model_path=str(stand_in_model))
     runner = interp.get_signature_runner()
     reference = runner(image=normalize(rgb, info.mean, info.std))["depth"][0, 0]
-    np.testing.assert_allclose(engine.infer(rgb).depth, reference, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(stand_in_engine.infer(rgb).depth, reference, rtol=1e-5, atol=1e-5)
 
 
-def test_concurrent_requests_get_their_own_results(engine):
+def test_concurrent_requests_get_their_own_results(stand_in_engine):
     images = _images(6)
-    serial = [engine.infer(im).depth for im in images]
+    serial = [stand_in_engine.infer(im).depth for im in images]
     with ThreadPoolExecutor(max_workers=6) as pool:
-        parallel = list(pool.map(lambda im: engine.infer(im).depth, images * 3))
+        parallel = list(pool.map(lambda im: stand_in_engine.infer(im).depth, images * 3))
     for i, depth in enumerate(parallel):
         np.testing.assert_array_equal(depth, serial[i % len(images)])
 

@@ -21,8 +21,8 @@ from PIL import Image
 
 import serving_app
 from backend import serving
-from tests._app_helpers import REPO, free_port
-from tests._app_process_helpers import app_process
+from testing import REPO, free_port
+from testing.app import running_app
 
 MOTORCYCLE = REPO / "examples" / "motorcycle.png"
 QUOTA_MB = 48
@@ -34,7 +34,7 @@ def app(stand_in_model: Path, tmp_path_factory):
     work = tmp_path_factory.mktemp("hostile-app")
     temp_parent = work / "temp"
     temp_parent.mkdir()
-    with app_process(stand_in_model, work / "app.log",
+    with running_app(stand_in_model, work / "app",
                      ["--backend", "host", "--temp-dir", str(temp_parent), "--disk-quota", str(QUOTA_MB)]) as running:
         (private,) = temp_parent.glob("metric3d-app-*")
         yield running, private

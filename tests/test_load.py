@@ -22,7 +22,8 @@ from backend.host_engine import HostEngine
 from backend.imageio import load_image
 from backend.intrinsics import Intrinsics
 from backend.pipeline import run
-from tests._reliability_helpers import app_subprocess, distinct_photo
+from testing.app import running_app
+from testing.images import distinct_photo
 
 CLIENTS = 16
 REQUESTS_EACH = 10
@@ -75,7 +76,7 @@ def serve_one_client(url: str, plan: list[Request]) -> list[tuple[Request, dict 
 
 def test_sixteen_concurrent_clients_get_their_own_correct_answers(stand_in_model: Path, tmp_path):
     plans = make_requests(tmp_path / "photos")
-    with app_subprocess(stand_in_model, tmp_path / "app") as app:
+    with running_app(stand_in_model, tmp_path / "app") as app:
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
             answers = [a for done in pool.map(lambda plan: serve_one_client(app.url, plan), plans) for a in done]

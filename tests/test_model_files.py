@@ -1,25 +1,28 @@
 """Model resolution order and the failure message, without any real network.
 
-Downloads cannot work here, so the download path is exercised against a loopback port
-that refuses connections, and with huggingface_hub's offline switch. huggingface_hub
-reads those variables at import time, hence the subprocesses.
+Downloads cannot work here, so the download path is exercised against a loopback Hub that
+answers 404 (at once: huggingface_hub retries network errors for ~20 s, not a 404), and with
+huggingface_hub's offline switch. huggingface_hub reads those variables at import time, hence
+the subprocesses.
 """
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
-import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from backend.model_files import (ENV_CACHE, ENV_MODEL, PUBLISHED_FILE, ModelNotFound, cache_dir,
+from backend.digest import file_sha256
+from backend.model_files import (ENV_CACHE, ENV_MODEL, PUBLISHED_FILE, PUBLISHED_REPO, ModelNotFound, cache_dir,
                                  resolve_model)
-from backend.model_info import (IMAGENET_MEAN, IMAGENET_STD, METADATA_NAME, ModelInfoError, file_sha256,
+from backend.model_info import (IMAGENET_MEAN, IMAGENET_STD, METADATA_NAME, ModelInfoError,
                                 read_model_info)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,20 +89,44 @@ def test_nothing_found_lists_every_option(layout):
     assert "python -m conversion convert --checkpoint" in text
 
 
+def test_every_printed_option_works_as_printed(layout):
+    """The commands in the message use the README's .venv/bin/python, name files that exist in the
+    checkout, say where the checkpoint comes from, and the convert command parses."""
+    from conversion.__main__ import _parser
+
+    with pytest.raises(ModelNotFound) as err:
+        resolve_model(None, env={ENV_CACHE: str(layout["cache"])}, download=False)
+    commands = [line.split("#")[0].split(": ", 1)[-1].strip() for line in str(err.value).splitlines()
+                if "python " in line]
+    assert len(commands) == 3 and all(c.startswith(".venv/bin/python ") for c in commands), commands
+    app_cmd, install_cmd, convert_cmd = commands
+    assert app_cmd.split()[1:3] == ["app.py", "--model"] and (REPO / "app.py").is_file()
+    assert install_cmd.split()[1:] == ["-m", "pip", "install", "-r", "requirements-conversion.txt"]
+    assert "torch==" in (REPO / "requirements-conversion.txt").read_text()
+    assert "metric_depth_vit_small_800k.pth" in str(err.value) and "JUGGHM/Metric3D" in str(err.value)
+    argv = convert_cmd.split()[3:]  # after ".venv/bin/python -m conversion"
+    args = _parser().parse_args(argv)
+    assert (args.command, args.checkpoint) == ("convert", Path("metric_depth_vit_small_800k.pth"))
+    assert args.output == layout["cache"] / PUBLISHED_FILE
+
+
 def _resolve_in_subprocess(tmp_path: Path, extra_env: dict[str, str]) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "METRIC3D_"))}
     env.update({ENV_CACHE: str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "hf"),
-                "HF_HUB_DISABLE_TELEMETRY": "1", **extra_env})
+                "HF_HUB_DISABLE_TELEMETRY": "1", "NO_PROXY": "127.0.0.1,localhost", **extra_env})
     return subprocess.run([sys.executable, "-m", "backend.model_files"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
 def _assert_download_failure(proc: subprocess.CompletedProcess, tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stdout + proc.stderr
+    cache = tmp_path / "cache"
+    announced = f"downloading {PUBLISHED_FILE} from the Hugging Face repo {PUBLISHED_REPO} into {cache}"
+    assert announced in proc.stderr  # said before the download began
     assert "downloading metric3d_fp16.tflite" in proc.stdout
-    assert str(tmp_path / "cache" / PUBLISHED_FILE) in proc.stdout
+    assert str(cache / PUBLISHED_FILE) in proc.stdout
     assert "python -m conversion convert" in proc.stdout
-    assert not (tmp_path / "cache" / PUBLISHED_FILE).exists()
+    assert not (cache / PUBLISHED_FILE).exists()
 
 
 def test_download_failure_offline_mode(tmp_path):
@@ -107,13 +134,34 @@ def test_download_failure_offline_mode(tmp_path):
     _assert_download_failure(proc, tmp_path)
 
 
-def test_download_failure_unreachable_endpoint(tmp_path):
-    with socket.socket() as bound_not_listening:  # connections to it are refused at once
-        bound_not_listening.bind(("127.0.0.1", 0))
-        port = bound_not_listening.getsockname()[1]
-        proc = _resolve_in_subprocess(tmp_path, {"HF_ENDPOINT": f"http://127.0.0.1:{port}"})
+class _NotFoundHandler(http.server.BaseHTTPRequestHandler):
+    """A loopback Hub that knows no repo: every request gets 404 at once (no retry is due)."""
+
+    paths: list[str] = []
+
+    def _not_found(self) -> None:
+        type(self).paths.append(self.path)
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD = _not_found
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_download_failure_from_an_endpoint_without_the_repo(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotFoundHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        proc = _resolve_in_subprocess(tmp_path, {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}"})
+    finally:
+        server.shutdown()
+        server.server_close()
     _assert_download_failure(proc, tmp_path)
-    assert f"127.0.0.1:{port}" in proc.stderr  # it really tried the loopback endpoint
+    assert any(PUBLISHED_REPO in path and PUBLISHED_FILE in path for path in _NotFoundHandler.paths)  # asked there
 
 
 # --- read_model_info: identity and contract from the file itself -------------------------

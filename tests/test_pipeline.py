@@ -13,16 +13,11 @@ from backend.imageio import load_image
 from backend.intrinsics import Intrinsics, IntrinsicsError, crop_resize_for
 from backend.outputs import OutputStore
 from backend.pipeline import PipelineOptions, measure, run
-from backend.ply import read_ply
 from backend.preprocess import crop_and_resize
-from tests._app_helpers import REPO
+from testing import REPO
+from testing.clouds import read_cloud
 
 MOTORCYCLE = REPO / "examples" / "motorcycle.png"
-
-
-@pytest.fixture
-def engine(stand_in_engine: HostEngine) -> HostEngine:
-    return stand_in_engine
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +33,13 @@ def store(tmp_path):
     s.cleanup()
 
 
-def test_metric_scale_and_crop(engine, motorcycle, store):
+def test_metric_scale_and_crop(stand_in_engine, motorcycle, store):
     image, intr = motorcycle
-    result = run(image, intr, engine, store=store, source="Middlebury")
+    result = run(image, intr, stand_in_engine, store=store, source="Middlebury")
     side = min(image.width, image.height)  # 500: centre crop of the 741 x 500 photo
     expected_rgb = crop_and_resize(image.rgb, crop_resize_for(image.width, image.height, 448))
     np.testing.assert_array_equal(result.network_rgb, expected_rgb)
-    canonical = engine.infer(expected_rgb).depth
+    canonical = stand_in_engine.infer(expected_rgb).depth
     np.testing.assert_allclose(result.depth, canonical * (intr.fx * 448 / side / 1000.0), rtol=1e-6)
     assert result.network_intrinsics.fx == pytest.approx(intr.fx * 448 / side)
     assert result.intrinsics_source == "Middlebury" and result.engine.engine == "Host LiteRT"
@@ -55,11 +50,11 @@ def test_metric_scale_and_crop(engine, motorcycle, store):
     assert info["depth_m"]["median"] == pytest.approx(float(np.median(result.depth)), rel=1e-3)
 
 
-def test_point_cloud_lies_on_the_depth_map(engine, motorcycle, store):
+def test_point_cloud_lies_on_the_depth_map(stand_in_engine, motorcycle, store):
     """Every PLY point projects back onto a pixel whose metric depth is the point's z."""
     image, intr = motorcycle
-    result = run(image, intr, engine, store=store)
-    xyz, rgb = read_ply(result.files.ply)
+    result = run(image, intr, stand_in_engine, store=store)
+    xyz, rgb = read_cloud(result.files.ply)
     assert len(xyz) == result.points > 0.5 * 448 * 448
     k = result.network_intrinsics
     u = np.rint(xyz[:, 0] / xyz[:, 2] * k.fx + k.cx).astype(int)
@@ -68,7 +63,7 @@ def test_point_cloud_lies_on_the_depth_map(engine, motorcycle, store):
     np.testing.assert_allclose(xyz[:, 2], result.depth[v, u], rtol=1e-6)
     np.testing.assert_array_equal(rgb, result.network_rgb[v, u])
 
-    view_xyz, _ = read_ply(result.files.view_ply)
+    view_xyz, _ = read_cloud(result.files.view_ply)
     np.testing.assert_array_equal(view_xyz, xyz * np.array([-1, -1, 1], np.float32))
     np.testing.assert_array_equal(np.load(result.files.depth_npy), result.depth)
     mm = np.asarray(Image.open(result.files.depth_png))
@@ -76,12 +71,12 @@ def test_point_cloud_lies_on_the_depth_map(engine, motorcycle, store):
     np.testing.assert_array_equal(mm, np.clip(np.rint(result.depth * 1000), 0, 65535).astype(np.uint16))
 
 
-def test_filters_and_colormap_options(engine, motorcycle):
+def test_filters_and_colormap_options(stand_in_engine, motorcycle):
     image, intr = motorcycle
-    full = run(image, intr, engine)
+    full = run(image, intr, stand_in_engine)
     lo, hi = np.percentile(full.depth, [25, 75])
     from backend.geometry import CloudFilter
-    narrow = run(image, intr, engine, PipelineOptions(colormap="gray", color_range=(float(lo), float(hi)),
+    narrow = run(image, intr, stand_in_engine, PipelineOptions(colormap="gray", color_range=(float(lo), float(hi)),
                                                       cloud=CloudFilter(min_depth=lo, max_depth=hi, edge_threshold=0)))
     inside = int(((full.depth >= lo) & (full.depth <= hi)).sum())
     assert narrow.points == inside < full.points
@@ -90,9 +85,9 @@ def test_filters_and_colormap_options(engine, motorcycle):
     assert narrow.files is None  # no store, no files
 
 
-def test_measure_matches_hand_back_projection(engine, motorcycle):
+def test_measure_matches_hand_back_projection(stand_in_engine, motorcycle):
     image, intr = motorcycle
-    result = run(image, intr, engine)
+    result = run(image, intr, stand_in_engine)
     k, d = result.network_intrinsics, result.depth
     (u1, v1), (u2, v2) = (40, 60), (400, 300)
     p1 = np.array([(u1 - k.cx) / k.fx * d[v1, u1], (v1 - k.cy) / k.fy * d[v1, u1], d[v1, u1]])
@@ -100,10 +95,10 @@ def test_measure_matches_hand_back_projection(engine, motorcycle):
     assert measure(d, k, (u1, v1), (u2, v2)) == pytest.approx(float(np.linalg.norm(p1 - p2)), rel=1e-5)
 
 
-def test_bad_intrinsics_are_refused_before_inference(engine, motorcycle):
+def test_bad_intrinsics_are_refused_before_inference(stand_in_engine, motorcycle):
     image, _ = motorcycle
     with pytest.raises(IntrinsicsError, match="cx"):
-        run(image, Intrinsics(995.0, 995.0, 5000.0, 250.0), engine)
+        run(image, Intrinsics(995.0, 995.0, 5000.0, 250.0), stand_in_engine)
 
 
 class _NaNEngine:
@@ -125,7 +120,7 @@ class _NaNEngine:
         pass
 
 
-def test_non_finite_depth_is_reported(engine, motorcycle):
+def test_non_finite_depth_is_reported(stand_in_engine, motorcycle):
     image, intr = motorcycle
     with pytest.raises(EngineError, match="4480 non-finite depth values.*precision fp32"):
-        run(image, intr, _NaNEngine(engine))
+        run(image, intr, _NaNEngine(stand_in_engine))

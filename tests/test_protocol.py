@@ -58,6 +58,7 @@ def test_hello_reply_decoding():
     assert hello.model_sha256 == bytes(range(32)).hex()
     assert hello.accelerator is Accelerator.GPU_OPENCL and hello.accelerator.label == "gpu-opencl"
     assert hello.precision is Precision.FP16ACC32
+    assert decode_hello_reply(HELLO_REPLY.pack(b"0.1.0", bytes(32), 448, 1, 0, 0)).model_sha256 == ""  # not hashed
     with pytest.raises(ProtocolError, match="unknown accelerator"):
         decode_hello_reply(HELLO_REPLY.pack(b"0.1.0", bytes(32), 448, 9, 0, 0))
     with pytest.raises(ProtocolError, match="80 bytes"):
@@ -87,6 +88,7 @@ def test_infer_reply_decoding(dtype_code, np_dtype):
     assert reply.depth.dtype == np.float32 and reply.depth.shape == (3, 4)
     np.testing.assert_array_equal(reply.depth, depth.astype(np_dtype).astype(np.float32))
     assert (reply.nonfinite, reply.normalize_us, reply.compute_us, reply.readback_us) == (2, 10, 2000, 30)
+    assert reply.timings_ms == {"normalize": 0.01, "compute": 2.0, "readback": 0.03}
     with pytest.raises(ProtocolError, match="should be"):
         decode_infer_reply(raw[:-2])
 

@@ -90,8 +90,8 @@ def _assert_serves_a_good_client(runner) -> None:
     client = runner.client(timeout=10)
     try:
         assert client.ping(b"still alive") >= 0
-        depth, _, nonfinite = client.infer(_image(1), want="f32")
-        assert depth.shape == (448, 448) and nonfinite == 0
+        reply = client.infer(_image(1), want="f32")
+        assert reply.depth.shape == (448, 448) and reply.nonfinite == 0
     finally:
         client.close()
     assert runner.proc.poll() is None
@@ -99,7 +99,8 @@ def _assert_serves_a_good_client(runner) -> None:
 
 def test_ready_line_and_info_report_the_cpu_fallback(runner, stand_in_model):
     assert runner.ready["accelerator"] == "cpu" and runner.ready["version"] == RUNNER_VERSION
-    client = runner.client()
+    client = RunnerClient(runner.connect(), timeout=10)
+    client.handshake(RUNNER_VERSION, _sha256(stand_in_model), runner.token)  # asks the runner to hash
     info = client.info()
     client.close()
     assert info["runner_version"] == RUNNER_VERSION and info["platform"] == "linux-x86_64"
@@ -122,17 +123,33 @@ def test_handshake_reports_the_model_hash_computed_by_the_runner(runner, stand_i
     assert hello.input_size == 448 and hello.accelerator.label == "cpu"
 
 
+def test_the_runner_hashes_its_model_only_when_a_client_asks(stand_in_model):
+    fresh = launch_host_runner(stand_in_model, accelerator="cpu", threads=1)
+    try:
+        unasked = fresh.client(timeout=10)  # HELLO with an all-zero digest: no check wanted
+        info_before = unasked.info()
+        unasked.close()
+        asking = RunnerClient(fresh.connect(), timeout=10)
+        hello = asking.handshake(RUNNER_VERSION, _sha256(stand_in_model), fresh.token)
+        info_after = asking.info()
+        asking.quit()
+    finally:
+        fresh.stop()
+    assert unasked.hello.model_sha256 == "" and info_before["model_sha256"] == ""
+    assert hello.model_sha256 == info_after["model_sha256"] == _sha256(stand_in_model)
+
+
 def test_float32_depth_matches_the_host_engine(runner, host_engine):
     client = runner.client()
     try:
         for seed in (2, 3):
             rgb = _image(seed)
-            depth, compute_ms, nonfinite = client.infer(rgb, want="f32")
+            reply = client.infer(rgb, want="f32")
             expected = host_engine.infer(rgb).depth
-            assert depth.dtype == np.float32 and depth.shape == expected.shape
-            assert nonfinite == 0 and compute_ms > 0
-            np.testing.assert_allclose(depth, expected, rtol=0, atol=1e-5)
-        assert set(client.last_timings_ms) == {"normalize", "compute", "readback"}
+            assert reply.depth.dtype == np.float32 and reply.depth.shape == expected.shape
+            assert reply.nonfinite == 0 and reply.timings_ms["compute"] > 0
+            np.testing.assert_allclose(reply.depth, expected, rtol=0, atol=1e-5)
+        assert set(reply.timings_ms) == {"normalize", "compute", "readback"}
     finally:
         client.close()
 
@@ -141,8 +158,9 @@ def test_float16_reply_is_the_float32_depth_rounded_to_half(runner, host_engine)
     rgb = _image(4)
     client = runner.client()
     try:
-        depth32, _, _ = client.infer(rgb, want="f32")
-        depth16, _, nonfinite = client.infer(rgb, want="f16")
+        depth32 = client.infer(rgb, want="f32").depth
+        reply16 = client.infer(rgb, want="f16")
+        depth16, nonfinite = reply16.depth, reply16.nonfinite
     finally:
         client.close()
     assert nonfinite == 0
@@ -154,8 +172,8 @@ def test_float16_reply_is_the_float32_depth_rounded_to_half(runner, host_engine)
 def test_distinct_images_give_distinct_depth(runner):
     client = runner.client()
     try:
-        a, _, _ = client.infer(_image(5), want="f16")
-        b, _, _ = client.infer(_image(6), want="f16")
+        a = client.infer(_image(5), want="f16").depth
+        b = client.infer(_image(6), want="f16").depth
     finally:
         client.close()
     assert np.abs(a - b).max() > 1e-3
@@ -166,12 +184,12 @@ def test_unix_and_tcp_sockets_serve_the_same_depth(stand_in_model, runner, socke
     rgb = _image(7)
     reference = runner.client()
     try:
-        expected, _, _ = reference.infer(rgb, want="f32")
+        expected = reference.infer(rgb, want="f32").depth
     finally:
         reference.close()
     proc, client = start_host_runner(stand_in_model, socket_kind=socket_kind, threads=1)
     try:
-        depth, _, _ = client.infer(rgb, want="f32")
+        depth = client.infer(rgb, want="f32").depth
         np.testing.assert_array_equal(depth, expected)
         client.quit()
         assert proc.wait(10) == 0
@@ -297,7 +315,7 @@ def test_recoverable_errors_keep_the_connection(runner):
         sock.sendall(encode_frame(MsgType.INFER, 12, _image(9).tobytes(), flags=0x80))
         msg_type, payload = _read_reply(sock)
         assert msg_type == MsgType.ERROR and decode_error(payload)[0] == ErrorCode.BAD_REQUEST
-        depth, _, _ = client.infer(_image(9), want="f16")
+        depth = client.infer(_image(9), want="f16").depth
         assert depth.shape == (448, 448)
     finally:
         client.close()
@@ -526,8 +544,9 @@ def test_full_model_fp16_matches_the_host_engine(full_model_fp16):
         engine.close()
     proc, client = start_host_runner(full_model_fp16, threads=2, timeout=120)
     try:
-        depth32, _, nonfinite = client.infer(rgb, want="f32", timeout=120)
-        depth16, _, _ = client.infer(rgb, want="f16", timeout=120)
+        reply32 = client.infer(rgb, want="f32", timeout=120)
+        depth32, nonfinite = reply32.depth, reply32.nonfinite
+        depth16 = client.infer(rgb, want="f16", timeout=120).depth
         client.quit()
     finally:
         if proc.poll() is None:

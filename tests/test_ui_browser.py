@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from tests._app_helpers import REPO, running_app
+from testing import REPO
+from testing.app import running_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -28,8 +29,8 @@ def _pixels(png: bytes) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def app_url(stand_in_model: Path, tmp_path_factory):
-    with running_app(stand_in_model, tmp_path_factory.mktemp("ui") / "app.log") as url:
-        yield url
+    with running_app(stand_in_model, tmp_path_factory.mktemp("ui")) as app:
+        yield app.url
 
 
 def test_example_run_draws_depth_and_point_cloud(app_url):

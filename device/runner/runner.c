@@ -208,26 +208,6 @@ static void hex_encode(const unsigned char *p, size_t n, char *out) {
     out[2 * n] = '\0';
 }
 
-/* ---------------------------------------------------------------- float16 (round to nearest even)
- * Bit-exact with numpy's float32 -> float16 cast for every non-NaN input (checked exhaustively
- * over all 2^32 patterns when written); NaN becomes a quiet NaN. The first branch is the
- * normal-range fast path (add-and-shift rounding), the rest handles subnormals and overflow. */
-
-static uint16_t f32_to_f16(float f) {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint32_t sign = (x >> 16) & 0x8000u, a = x & 0x7fffffffu;
-    if (a - 0x38800000u < 0x47800000u - 0x38800000u)
-        return (uint16_t)(sign | (((a + 0xfffu + ((a >> 13) & 1u)) >> 13) - (112u << 10)));
-    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
-    if (a >= 0x47800000u) return (uint16_t)(sign | 0x7c00u);
-    if (a < 0x33000000u) return (uint16_t)sign;
-    uint32_t shift = 126u - (a >> 23), m = (a & 0x7fffffu) | 0x800000u; /* a half subnormal */
-    uint32_t h = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
-    if (rem > half || (rem == half && (h & 1u))) h++;
-    return (uint16_t)(sign | h);
-}
-
 /* ---------------------------------------------------------------- arguments */
 
 typedef struct {
@@ -632,8 +612,8 @@ static LiteRtStatus run_model(Model *m, const unsigned char *rgb, void *out, int
     uint32_t bad = 0;
     for (size_t i = 0; i < plane; i++) bad += !isfinite(depth[i]);
     if (out && want_f16) {
-        uint16_t *h = out;
-        for (size_t i = 0; i < plane; i++) h[i] = f32_to_f16(depth[i]);
+        _Float16 *h = out; /* the compiler's cast: IEEE round to nearest even, NaN stays NaN */
+        for (size_t i = 0; i < plane; i++) h[i] = (_Float16)depth[i];
     } else if (out) {
         memcpy(out, depth, plane * sizeof(float));
     }
@@ -822,8 +802,8 @@ static int send_error(int fd, uint32_t id, uint32_t code, const char *fmt, ...) 
 typedef struct {
     const Args *args;
     Model *model;
-    unsigned char sha[32];
-    char sha_hex[65];
+    unsigned char sha[32];  /* the model's sha256, computed on the first HELLO that asks for a check */
+    char sha_hex[65];       /* "" until then */
     long long model_bytes;
     unsigned char *request;  /* max request payload */
     unsigned char *reply;    /* INFER reply: head + S*S*4 */
@@ -924,6 +904,16 @@ static int handle_hello(Server *sv, int fd, uint32_t id, size_t len) {
     if (!token_matches(sv->args->token, p + 32)) {
         send_error(fd, id, ERR_BAD_TOKEN, "wrong session token");
         return -1;
+    }
+    if (memcmp(p + 96, zero, 32) != 0 && !sv->sha_hex[0]) {
+        /* Hashing a 150 MB model takes seconds on the phone; the host verifies its push, so the
+         * runner hashes only for a client that asks (once, then remembered). */
+        long long bytes;
+        if (sha256_file(sv->args->model, sv->sha, &bytes)) {
+            send_error(fd, id, ERR_MODEL_MISMATCH, "cannot read the model to hash it: %s", strerror(errno));
+            return -1;
+        }
+        hex_encode(sv->sha, 32, sv->sha_hex);
     }
     if (memcmp(p + 96, zero, 32) != 0 && memcmp(p + 96, sv->sha, 32) != 0) {
         char want[65];
@@ -1041,11 +1031,12 @@ int main(int argc, char **argv) {
     if (read_token_file(args.token_file, args.token)) return EXIT_ARGS;
     exe_directory(argv[0], exe_dir, sizeof exe_dir);
     log_msg("version %s (%s), pid %d, model %s", RUNNER_VERSION, RUNNER_PLATFORM, (int)getpid(), args.model);
-    if (sha256_file(args.model, sv.sha, &sv.model_bytes)) {
+    struct stat model_st;
+    if (stat(args.model, &model_st) != 0) {
         log_msg("cannot read the model %s: %s", args.model, strerror(errno));
         return EXIT_MODEL;
     }
-    hex_encode(sv.sha, 32, sv.sha_hex);
+    sv.model_bytes = (long long)model_st.st_size;
     if (open_model(&model, &args, exe_dir)) return EXIT_MODEL;
     size_t plane = (size_t)model.size * model.size;
     sv.args = &args;

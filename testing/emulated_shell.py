@@ -1,4 +1,4 @@
-"""The shell of the emulated phone (tests/adb_device_emulator.py): its file system and commands.
+"""The shell of the emulated phone (testing/adb_emulator.py): its file system and commands.
 
 Why a parser of its own instead of /bin/sh: commands from device/adb.py must be run as a
 phone would, but only against the sandbox folder and a process table the emulator owns.
@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -382,38 +381,6 @@ class Sandbox:
                 res.code = 1
         return res
 
-    def _b_chmod(self, args: list[str], cwd: str) -> Result:
-        if len(args) < 2:
-            return Result(1, b"", b"chmod: Needs 2 arguments\n")
-        mode, res = args[0], Result()
-        for path in args[1:]:
-            host = self.fs.host(path, cwd)
-            try:
-                if re.fullmatch(r"[0-7]{3,4}", mode):
-                    os.chmod(host, int(mode, 8))
-                elif mode in ("+x", "a+x"):
-                    os.chmod(host, os.stat(host).st_mode | 0o111)
-                else:
-                    return Result(1, b"", f"chmod: unsupported mode {mode}\n".encode())
-            except OSError:
-                res.err += f"chmod: {path}: No such file or directory\n".encode()
-                res.code = 1
-        return res
-
-    def _b_ls(self, args: list[str], cwd: str) -> Result:
-        paths = [a for a in args if not a.startswith("-")] or ["."]
-        res = Result()
-        for path in paths:
-            host = self.fs.host(path, cwd)
-            if os.path.isdir(host):
-                res.out += "".join(f"{n}\n" for n in sorted(os.listdir(host))).encode()
-            elif os.path.exists(host):
-                res.out += f"{path}\n".encode()
-            else:
-                res.err += f"ls: {path}: No such file or directory\n".encode()
-                res.code = 1
-        return res
-
     def _b_rm(self, args: list[str], cwd: str) -> Result:
         flags = "".join(a[1:] for a in args if a.startswith("-"))
         res = Result()
@@ -459,14 +426,6 @@ class Sandbox:
     def _b_echo(self, args: list[str], cwd: str) -> Result:
         return Result(0, (" ".join(args) + "\n").encode())
 
-    def _b_test(self, args: list[str], cwd: str) -> Result:
-        if len(args) != 2 or args[0] not in ("-e", "-f", "-d", "-x"):
-            return Result(2, b"", b"test: only -e/-f/-d/-x PATH are supported by the emulator\n")
-        host = self.fs.host(args[1], cwd)
-        ok = {"-e": os.path.exists, "-f": os.path.isfile, "-d": os.path.isdir,
-              "-x": lambda p: os.path.isfile(p) and os.access(p, os.X_OK)}[args[0]](host)
-        return Result(0 if ok else 1)
-
     def _b_kill(self, args: list[str], cwd: str) -> Result:
         sig, res = signal.SIGTERM, Result()
         for arg in args:
@@ -481,17 +440,3 @@ class Sandbox:
     def _b_pidof(self, args: list[str], cwd: str) -> Result:
         pids = [str(pid) for pid, name in sorted(self.live().items()) if name in args]
         return Result(0 if pids else 1, (" ".join(pids) + "\n").encode() if pids else b"")
-
-    def _b_ps(self, args: list[str], cwd: str) -> Result:
-        rows = "".join(f"shell {pid} {name}\n" for pid, name in sorted(self.live().items()))
-        return Result(0, ("USER PID NAME\n" + rows).encode())
-
-    def _b_sleep(self, args: list[str], cwd: str) -> Result:
-        time.sleep(min(float(args[0]) if args else 0.0, 30.0))
-        return Result()
-
-    def _b_true(self, args: list[str], cwd: str) -> Result:
-        return Result()
-
-    def _b_false(self, args: list[str], cwd: str) -> Result:
-        return Result(1)

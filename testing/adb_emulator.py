@@ -5,24 +5,24 @@ tested through the REAL adb server and adbutils, and no phone is attached here. 
 real server accepts this emulator after `adb connect 127.0.0.1:PORT`, exactly like a
 phone on Wi-Fi debugging, so everything above the transport is the production path.
 
-What it speaks (AOSP adb protocol.txt / SERVICES.TXT / SYNC.TXT, own implementation):
+What it speaks (AOSP adb protocol.txt / SERVICES.TXT / SYNC.TXT, own implementation) is
+what the product uses, nothing more:
 - CNXN with version 0x01000001 (no checksums), AUTH (for the "unauthorized" state),
   OPEN/OKAY/WRTE/CLSE with one WRTE in flight per stream until OKAY; a failed OPEN is CLSE.
-- `shell:CMD`, `exec:CMD` (raw output, then CLSE) and `shell,v2,...:CMD` (packets:
-  id byte + u32 length; 1 stdout, 2 stderr, 3 exit code).
-- `sync:` STAT, STA2/LST2, LIST, SEND "path,mode" + DATA... + DONE(mtime), RECV, QUIT;
-  sync packets may span WRTE boundaries.
-- `localabstract:NAME` and `tcp:PORT`: bytes pumped both ways to the host socket of the
-  same name (Linux abstract unix sockets work on the host) or to 127.0.0.1:PORT.
+- `shell,v2,...:CMD` (packets: id byte + u32 length; 1 stdout, 2 stderr, 3 exit code).
+- `sync:` STAT and SEND "path,mode" + DATA... + DONE(mtime), QUIT; sync packets may span
+  WRTE boundaries.
+- `localabstract:NAME`: bytes pumped both ways to the host's abstract unix socket of the
+  same name (Linux abstract sockets work on the host).
 
-The sandbox (what "on the phone" means; code in tests/_emulated_shell_helpers.py):
+The sandbox (what "on the phone" means; code in testing/emulated_shell.py):
 - The device filesystem is a host folder `root`; device path /X is `root/X` ('..' cannot
   leave it). /data/local/tmp exists; /dev/null is the host's.
 - Shell commands go through a small POSIX-like parser (quotes, backslash, `;` `&&` `||`
   `&`, `>` `>>` `2>` `2>&1` `<`, leading VAR=value, `$!` `$?`). Pipes, globs, `$VAR`,
   sub-shells and a backgrounded && / || list are refused with exit 2, not guessed.
-- Built-ins run in Python on the sandbox: getprop, sha256sum, chmod, ls, rm, mkdir,
-  cat, echo, cd, test, kill, pidof, ps, sleep, true, false, exit, nohup/setsid prefixes.
+- Built-ins run in Python on the sandbox, those device/adb.py uses: getprop, sha256sum,
+  rm, mkdir, cat, echo, cd, kill, pidof, exit, nohup/setsid prefixes.
 - The runner mapping: a command with a '/' runs that sandbox file for real as a host
   process. The tests push the HOST runner build (and the wheel's libLiteRt.so) where the
   Android build would go, so `/data/local/tmp/metric3d/metric3d_runner ARGS` runs the host
@@ -52,7 +52,8 @@ import time
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
-from _emulated_shell_helpers import DeviceFs, Sandbox
+from testing import free_port
+from testing.emulated_shell import DeviceFs, Sandbox
 
 A_CNXN, A_AUTH, A_OPEN = 0x4E584E43, 0x48545541, 0x4E45504F
 A_OKAY, A_CLSE, A_WRTE = 0x59414B4F, 0x45534C43, 0x45545257
@@ -60,7 +61,7 @@ A_VERSION_SKIP_CHECKSUM = 0x01000001
 MAX_PAYLOAD = 1024 * 1024
 AUTH_TOKEN, AUTH_SIGNATURE, AUTH_RSAPUBLICKEY = 1, 2, 3
 SYNC_DATA_MAX = 64 * 1024
-FEATURES = "shell_v2,cmd,stat_v2,ls_v2,fixed_push_mkdir,fixed_push_symlink_timestamp"
+FEATURES = "shell_v2,cmd,fixed_push_mkdir"
 PIXEL_8A_PROPS = {
     "ro.product.name": "akita",
     "ro.product.model": "Pixel 8a",
@@ -259,21 +260,18 @@ class Transport:
 
 
 async def _shell_service(device: AdbDeviceEmulator, stream: Stream, service: str) -> None:
-    head, _, command = service.partition(":")
-    args = head.split(",")[1:]
+    """`shell,v2,...:CMD`: the command's stdout, stderr and exit status as shell v2 packets."""
+    command = service.partition(":")[2]
     if not command.strip():
         return  # interactive shells are not emulated
     stream.accept()
     result = await device.sandbox.run(command)
-    if "v2" in args:
-        packets = b""
-        for kind, payload in ((1, result.out), (2, result.err)):
-            if payload:
-                packets += struct.pack("<BI", kind, len(payload)) + payload
-        packets += struct.pack("<BIB", 3, 1, result.code & 0xFF)
-        await stream.write(packets)
-    else:
-        await stream.write(result.out + result.err)
+    packets = b""
+    for kind, payload in ((1, result.out), (2, result.err)):
+        if payload:
+            packets += struct.pack("<BI", kind, len(payload)) + payload
+    packets += struct.pack("<BIB", 3, 1, result.code & 0xFF)
+    await stream.write(packets)
 
 
 def _stat_v1(path: str) -> bytes:
@@ -284,18 +282,8 @@ def _stat_v1(path: str) -> bytes:
         return struct.pack("<III", 0, 0, 0)
 
 
-def _stat_v2(path: str, follow: bool) -> bytes:
-    try:
-        st = os.stat(path) if follow else os.lstat(path)
-        return struct.pack("<IQQIIIIQqqq", 0, st.st_dev, st.st_ino, st.st_mode, st.st_nlink, 2000, 2000,
-                           st.st_size, int(st.st_atime), int(st.st_mtime), int(st.st_ctime))
-    except OSError as exc:
-        return struct.pack("<IQQIIIIQqqq", exc.errno or 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-
-
 async def _sync_service(device: AdbDeviceEmulator, stream: Stream, service: str) -> None:
     stream.accept()
-    fs = device.fs
     while True:
         ident, length = struct.unpack("<4sI", await stream.read_exact(8))
         if ident == b"QUIT":
@@ -304,32 +292,11 @@ async def _sync_service(device: AdbDeviceEmulator, stream: Stream, service: str)
             raise ConnectionError("sync path too long")
         path = (await stream.read_exact(length)).decode("utf-8", "replace")
         if ident == b"STAT":
-            await stream.write(b"STAT" + _stat_v1(fs.host(path)))
-        elif ident in (b"STA2", b"LST2"):
-            await stream.write(ident + _stat_v2(fs.host(path), follow=ident == b"STA2"))
-        elif ident == b"LIST":
-            out = bytearray()
-            host = fs.host(path)
-            for name in (sorted(os.listdir(host)) if os.path.isdir(host) else []):
-                entry = _stat_v1(os.path.join(host, name))
-                out += b"DENT" + entry + struct.pack("<I", len(name.encode())) + name.encode()
-            await stream.write(bytes(out) + b"DONE" + bytes(16))
+            await stream.write(b"STAT" + _stat_v1(device.fs.host(path)))
         elif ident == b"SEND":
             await _sync_receive_file(device, stream, path)
-        elif ident == b"RECV":
-            try:
-                data = Path(fs.host(path)).read_bytes()
-            except OSError as exc:
-                msg = f"open failed: {exc.strerror}".encode()
-                await stream.write(b"FAIL" + struct.pack("<I", len(msg)) + msg)
-                continue
-            out = bytearray()
-            for start in range(0, len(data), SYNC_DATA_MAX):
-                chunk = data[start:start + SYNC_DATA_MAX]
-                out += b"DATA" + struct.pack("<I", len(chunk)) + chunk
-            await stream.write(bytes(out) + b"DONE" + bytes(4))
         else:
-            raise ConnectionError(f"unknown sync request {ident!r}")
+            raise ConnectionError(f"sync request {ident!r} is not emulated (the product uses STAT and SEND)")
 
 
 async def _sync_receive_file(device: AdbDeviceEmulator, stream: Stream, spec: str) -> None:
@@ -372,13 +339,9 @@ async def _sync_receive_file(device: AdbDeviceEmulator, stream: Stream, spec: st
 
 
 async def _socket_service(device: AdbDeviceEmulator, stream: Stream, service: str) -> None:
-    kind, _, address = service.partition(":")
     try:
-        if kind == "localabstract":
-            reader, writer = await asyncio.open_unix_connection("\0" + address)
-        else:
-            reader, writer = await asyncio.open_connection("127.0.0.1", int(address))
-    except (OSError, ValueError):
+        reader, writer = await asyncio.open_unix_connection("\0" + service.partition(":")[2])
+    except OSError:
         return  # closes the stream: the host's OPEN fails
     stream.accept()
 
@@ -451,11 +414,11 @@ class AdbDeviceEmulator:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def service_handler(self, service: str):
-        if service.startswith(("shell:", "shell,", "exec:")):
+        if service.startswith("shell,") and "v2" in service.partition(":")[0].split(","):
             return lambda s, svc: _shell_service(self, s, svc)
         if service == "sync:":
             return lambda s, svc: _sync_service(self, s, svc)
-        if service.startswith(("localabstract:", "tcp:")):
+        if service.startswith("localabstract:"):
             return lambda s, svc: _socket_service(self, s, svc)
         return None
 
@@ -535,62 +498,83 @@ class AdbDeviceEmulator:
 # ----------------------------------------------------------------------------- adb server + fixture
 
 
-def free_port(avoid: range = range(5555, 5586)) -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in avoid:
-            return port
-
-
-def _wait_for_port(port: int, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
-
-
 def adb_binary() -> str:
     from adbutils._utils import adb_path
     return adb_path()
 
 
-@contextlib.contextmanager
-def adb_server(home: Path, timeout: float = 20.0) -> Iterator[int]:
-    """A private, foreground adb server on a free port (its own HOME: keys stay in the temp dir).
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
-    While it runs, ANDROID_ADB_SERVER_PORT points at it, so a stray auto-start by adbutils
-    lands on this port too, and the final `kill-server` ends it.
+
+class AdbServer:
+    """A private, foreground adb server on a fixed free port that a test can kill and start again.
+
+    Its HOME is `home` (keys stay in the temp dir). adbutils runs `adb start-server` whenever
+    it cannot reach a server, so after a kill the app's own next adb call may bring a (daemon)
+    server back first: while this object lives, ANDROID_ADB_SERVER_PORT and ANDROID_USER_HOME
+    point here, so such a server lands on this port with this home, and kill()/close() end it too.
     """
-    home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = dict(os.environ, HOME=str(home), ANDROID_USER_HOME=str(home / ".android"),
-               ADB_MDNS="0", ADB_USB="0", ANDROID_ADB_SERVER_PORT=str(port))
-    log = open(home / "adb-server.log", "wb")
-    proc = subprocess.Popen([adb_binary(), "-L", f"tcp:localhost:{port}", "server", "nodaemon"],
-                            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    saved = {k: os.environ.get(k) for k in ("ANDROID_ADB_SERVER_PORT", "ANDROID_USER_HOME", "ADB_MDNS")}
-    os.environ.update(ANDROID_ADB_SERVER_PORT=str(port), ANDROID_USER_HOME=str(home / ".android"), ADB_MDNS="0")
-    try:
-        _wait_for_port(port, time.monotonic() + timeout)
-        yield port
-    finally:
-        subprocess.run([adb_binary(), "-P", str(port), "kill-server"], env=env, capture_output=True, timeout=10)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        log.close()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
+
+    def __init__(self, home: Path) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        self.home = home
+        self.port = free_port()
+        overrides = {"ANDROID_ADB_SERVER_PORT": str(self.port), "ANDROID_USER_HOME": str(home / ".android"),
+                     "ADB_MDNS": "0", "ADB_USB": "0"}
+        self.env = dict(os.environ, HOME=str(home), **overrides)
+        self._saved = {k: os.environ.get(k) for k in overrides}
+        os.environ.update(overrides)
+        self._proc: subprocess.Popen | None = None
+        self._log = (home / "adb-server.log").open("ab")
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start a server on the port, unless adbutils already brought one back there."""
+        if port_open(self.port):
+            return
+        self._proc = subprocess.Popen([adb_binary(), "-L", f"tcp:localhost:{self.port}", "server", "nodaemon"],
+                                      env=self.env, stdin=subprocess.DEVNULL, stdout=self._log,
+                                      stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"adb server exited: {(self.home / 'adb-server.log').read_text()[-2000:]}")
+            if port_open(self.port):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"adb server did not listen on {self.port}")
+
+    def kill(self) -> None:
+        """SIGKILL our server (it dies without a goodbye, as in a crash); end an auto-started one too."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+        self._proc = None
+        if port_open(self.port):
+            subprocess.run([adb_binary(), "-P", str(self.port), "kill-server"], env=self.env, capture_output=True,
+                           timeout=10)
+
+    def close(self) -> None:
+        self.kill()
+        self._log.close()
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
             else:
-                os.environ[k] = v
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def adb_server(home: Path) -> Iterator[int]:
+    """A private adb server (AdbServer) for the block; yields its port."""
+    server = AdbServer(home)
+    try:
+        server.start()
+        yield server.port
+    finally:
+        server.close()
 
 
 class EmulatedPhone(NamedTuple):
@@ -598,6 +582,7 @@ class EmulatedPhone(NamedTuple):
     serial: str  # "127.0.0.1:PORT"
     device: AdbDeviceEmulator
     adb_port: int
+    server: AdbServer  # the private adb server (a test may kill and restart it)
 
 
 def wait_for_state(client, serial: str, states: tuple[str, ...], timeout: float = 15.0) -> str:
@@ -615,17 +600,24 @@ def wait_for_state(client, serial: str, states: tuple[str, ...], timeout: float 
 
 @contextlib.contextmanager
 def emulated_phone(workdir: Path, abi: str = "arm64-v8a", state: str = "device",
-                   program_map: dict[str, str] | None = None) -> Iterator[EmulatedPhone]:
-    """A private adb server with the emulated Pixel connected; everything is gone afterwards."""
+                   program_map: dict[str, str] | None = None,
+                   device_class: type[AdbDeviceEmulator] | None = None) -> Iterator[EmulatedPhone]:
+    """A private adb server with the emulated Pixel connected; everything is gone afterwards.
+
+    device_class: a subclass of AdbDeviceEmulator with extra faults (tests/test_faults.py).
+    """
     from adbutils import AdbClient
 
-    device = AdbDeviceEmulator(workdir / "device-root", free_port(), abi=abi, state=state, program_map=program_map)
+    device = (device_class or AdbDeviceEmulator)(workdir / "device-root", free_port(), abi=abi, state=state,
+                                                 program_map=program_map)
+    server = AdbServer(workdir / "adb-home")
     try:
-        with adb_server(workdir / "adb-home") as port:
-            client = AdbClient(host="127.0.0.1", port=port, socket_timeout=10)
-            serial = f"127.0.0.1:{device.port}"
-            client.connect(serial, timeout=10)
-            wait_for_state(client, serial, (state,))
-            yield EmulatedPhone(client, serial, device, port)
+        server.start()
+        client = AdbClient(host="127.0.0.1", port=server.port, socket_timeout=10)
+        serial = f"127.0.0.1:{device.port}"
+        client.connect(serial, timeout=10)
+        wait_for_state(client, serial, (state,))
+        yield EmulatedPhone(client, serial, device, server.port, server)
     finally:
         device.close()
+        server.close()
