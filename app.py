@@ -9,7 +9,8 @@ level, each takes the context first), one request function shared by the page an
 the page (`demo`, importable, so `gradio app.py` reload works), and main().
 
     python app.py [--model PATH] [--backend auto|host|device] [--serial SERIAL] [--runner-dir DIR]
-                  [--host 127.0.0.1] [--port 7860] [--share] [--temp-dir DIR] [--keep-results SECONDS]
+                  [--host 127.0.0.1] [--port 7860] [--allowed-host NAME] [--share] [--temp-dir DIR]
+                  [--keep-results SECONDS] [--disk-quota MB]
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ import numpy as np  # noqa: E402
 from gradio.data_classes import FileData  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from backend import serving  # noqa: E402
+import serving_app  # noqa: E402
+from backend import fields, serving  # noqa: E402
 from backend.colormap import COLORMAPS  # noqa: E402
 from backend.engine import EngineError  # noqa: E402
 from backend.examples import ExampleCatalog, suggest_intrinsics  # noqa: E402
@@ -48,6 +50,7 @@ from backend.framing import DEFAULT_FIELD_OF_VIEW, FIELDS_OF_VIEW  # noqa: E402
 from backend.geometry import MAX_METRIC_DEPTH, CloudFilter, GeometryError, metric_depth, point_at  # noqa: E402
 from backend.imageio import ImageError, LoadedImage, load_image  # noqa: E402
 from backend.intrinsics import BY_HAND, PRESETS, Intrinsics, IntrinsicsError, validate  # noqa: E402
+from backend.probe import probe_image  # noqa: E402
 from backend.model_files import ModelNotFound, resolve_model  # noqa: E402
 from backend.outputs import MAX_PNG_MM, OutputStore  # noqa: E402
 from backend.panels import info_markdown, intrinsics_line, status_line, status_markdown  # noqa: E402
@@ -64,7 +67,7 @@ FRONTEND = REPO / "frontend"
 FROM_PHOTO = "From the photo (EXIF or example calibration)"
 VIEWER_BACKGROUND = (0.80, 0.81, 0.83, 1.0)  # neutral light grey: dark and bright photos both show
 MEASURE_SCALE = 2  # the measure image is the network image at 2x: clicks land on half pixels
-USER_ERRORS = (ImageError, IntrinsicsError, GeometryError, EngineError)
+USER_ERRORS = (ImageError, IntrinsicsError, GeometryError, EngineError, fields.FieldError)
 
 
 # ----------------------------------------------------------------------------- app context
@@ -147,8 +150,9 @@ def with_context(handler: Callable) -> Callable:
 
 def user_error(exc: Exception, title: str) -> gr.Error:
     """An expected failure as the message a person reads; the server log gets one line."""
-    log.info("%s: %s", title, str(exc).partition("\n")[0])
-    return gr.Error(str(exc), title=title, print_exception=False)
+    message = serving.public_text(str(exc))
+    log.info("%s: %s", title, message.partition("\n")[0])
+    return gr.Error(message, title=title, print_exception=False)
 
 
 def call_safely(title: str, work: Callable[[], Any]) -> Any:
@@ -161,44 +165,28 @@ def call_safely(title: str, work: Callable[[], Any]) -> Any:
         raise
     except Exception as exc:  # noqa: BLE001 - last line of defence for a public demo
         log.exception("unexpected failure")
-        raise gr.Error(f"Unexpected error ({type(exc).__name__}: {exc}). Details are in the server log.",
+        raise gr.Error(serving.public_text(f"Unexpected error ({type(exc).__name__}: {exc}). "
+                                           "Details are in the server log."),
                        title=title, print_exception=False) from None
 
 
-def _number(name: str, value, unit: str = "pixels") -> float:
-    if value is None or value == "":
-        raise IntrinsicsError(f"Please fill in {name} ({unit}).")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise IntrinsicsError(f"{name} must be a number of {unit} (got {value!r}).") from None
-    return number
-
-
 def read_intrinsics(fx, fy, cx, cy) -> Intrinsics:
-    """The four fields as Intrinsics; a missing one is named (pixels of the uploaded photo)."""
+    """The four fields as Intrinsics (pixels of the uploaded photo); a missing or malformed one
+    is named (backend.fields: plain decimals only, finite)."""
     missing = [n for n, v in zip(("fx", "fy", "cx", "cy"), (fx, fy, cx, cy)) if v is None or v == ""]
     if missing:
         raise IntrinsicsError(f"Please fill in {', '.join(missing)} (pixels of the uploaded photo).")
-    return Intrinsics(*(_number(n, v) for n, v in zip(("fx", "fy", "cx", "cy"), (fx, fy, cx, cy))))
+    return Intrinsics(*(fields.number(n, v) for n, v in zip(("fx", "fy", "cx", "cy"), (fx, fy, cx, cy))))
 
 
 def read_options(cmap, min_depth, max_depth, edge, voxel, fov: str = DEFAULT_FIELD_OF_VIEW) -> PipelineOptions:
     """The display and point-cloud fields as PipelineOptions; each bad field is named."""
-    near = _number("Nearest point kept", min_depth, "meters")
-    far = _number("Farthest point kept", max_depth, "meters")
-    for name, value in (("Nearest point kept", near), ("Farthest point kept", far)):
-        if not math.isfinite(value) or value < 0:
-            raise IntrinsicsError(f"{name} must be a number of meters ≥ 0 (got {value:g}).")
-    if far <= near:
-        raise IntrinsicsError(f"The kept depth range is empty: nearest {near:g} m ≥ farthest {far:g} m.")
     if cmap not in COLORMAPS:
         raise IntrinsicsError(f"Unknown colormap {cmap!r}; choose one of {', '.join(COLORMAPS)}.")
     if fov not in FIELDS_OF_VIEW:
         raise IntrinsicsError(f"Unknown field of view {fov!r}; choose one of {', '.join(FIELDS_OF_VIEW.values())}.")
     return PipelineOptions(colormap=cmap, field_of_view=fov,
-                           cloud=CloudFilter(min_depth=near, max_depth=far, edge_threshold=float(edge or 0.0),
-                                             voxel_size=float(voxel or 0.0)))
+                           cloud=fields.cloud_filter(min_depth, max_depth, edge or 0.0, voxel or 0.0))
 
 
 # ----------------------------------------------------------------------------- the request
@@ -278,22 +266,24 @@ def intrinsics_api(ctx: AppContext, image: FileData) -> dict:
 
     def work() -> dict:
         path = image.get("path") if isinstance(image, dict) else getattr(image, "path", None)
-        loaded, _ = decode(path)
-        return {"width": loaded.width, "height": loaded.height,
-                **suggest_intrinsics(loaded, path, ctx.catalog).as_dict()}
+        if not path:
+            raise ImageError("Please send a photo.")
+        facts = probe_image(path)  # size and EXIF from the header: no full decode for a light step
+        return {"width": facts.width, "height": facts.height,
+                **suggest_intrinsics(facts, path, ctx.catalog).as_dict()}
 
     return call_safely("Cannot read this photo", work)
 
 
 def status_api(ctx: AppContext) -> dict:
     """Where requests run: the phone in use (model, serial, runner, accelerator) or why not."""
-    return ctx.backends.status()
+    return serving.public_data(ctx.backends.status())
 
 
 def look_for_phone_api(ctx: AppContext) -> dict:
     """Look for the phone again (after plugging it in); returns the new status."""
     ctx.backends.look_for_phone()
-    return ctx.backends.status()
+    return serving.public_data(ctx.backends.status())
 
 
 # ----------------------------------------------------------------------------- page handlers
@@ -326,7 +316,8 @@ def _photo_name(path: str | None) -> str:
 def show_status(ctx: AppContext, choice: str | None):
     status = ctx.backends.status()
     choice = choice or ctx.default_backend
-    return gr.Accordion(label=status_line(status, choice)), status_markdown(status, choice)
+    return (gr.Accordion(label=serving.public_text(status_line(status, choice), limit=None)),
+            serving.public_text(status_markdown(status, choice), limit=None))
 
 
 def page_loaded(ctx: AppContext):
@@ -361,10 +352,10 @@ def describe(ctx: AppContext, path: str | None):
     cleared = (*cleared_results(f"New photo **{_photo_name(path)}**: press **Estimate depth**.")[:-1],
                f"New photo **{_photo_name(path)}**: the old results are cleared; press **Estimate depth**.")
     try:
-        image, _ = decode(path)
+        image = probe_image(path)  # size and EXIF from the header: no full decode for a light step
         choice = suggest_intrinsics(image, path, ctx.catalog)
     except USER_ERRORS as exc:
-        message = str(exc)
+        message = serving.public_text(str(exc))
         toast("Cannot read this photo", message)
         return (None, None, None, None, EMPTY_HINT, None, FROM_PHOTO, None,
                 *cleared[:-1], f"⚠️ **Cannot read this photo:** {message}")
@@ -418,7 +409,7 @@ def toast(title: str, message: str) -> None:
 
 def _kept(title: str, exc: Exception, state: PhotoResult | None) -> tuple:
     """RESULT_OUTPUTS after a failed request: every result stays, the banner says why and whose."""
-    message = str(exc)
+    message = serving.public_text(str(exc))
     if state is None or state.failed != message:
         toast(title, message)
     kept = (f" The results below are still those of **{state.photo}** (last good settings)."
@@ -718,6 +709,20 @@ def _positive_seconds(text: str) -> int:
     return value
 
 
+def _positive_megabytes(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1 MB")
+    return value
+
+
+def _host_name(text: str) -> str:
+    try:
+        return serving.host_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Metric3D v2 metric depth demo (LiteRT).")
     parser.add_argument("--model", help="path to a .tflite (default: $METRIC3D_MODEL, cache, or download)")
@@ -729,6 +734,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                              "`python -m device build-android` build")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this computer only)")
     parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--allowed-host", action="append", default=[], type=_host_name, metavar="NAME",
+                        help="also answer requests addressed to this host name (repeatable); by default only "
+                             "IP addresses and localhost are accepted, which stops DNS-rebinding pages")
     parser.add_argument("--share", action="store_true",
                         help="also publish a public link (anyone with it can use this machine and phone)")
     parser.add_argument("--temp-dir", help="where the private per-run folder for uploads and results is made "
@@ -736,6 +744,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-results", type=_positive_seconds, default=serving.DEFAULT_RESULT_MAX_AGE_S,
                         metavar="SECONDS", help="delete uploads and result files this long after they were made "
                                                 f"(default {serving.DEFAULT_RESULT_MAX_AGE_S})")
+    parser.add_argument("--disk-quota", type=_positive_megabytes, default=serving.DISK_QUOTA_BYTES // 2**20,
+                        metavar="MB", help="most space uploads, results and cached copies may take together; "
+                                           f"uploads beyond it are refused (default {serving.DISK_QUOTA_BYTES // 2**20})")
     return parser.parse_args(argv)
 
 
@@ -789,6 +800,7 @@ def banner(args: argparse.Namespace, url: str, share_url: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Gradio self-check otherwise
+    serving_app.install_log_limit()
     args = parse_args(argv)
     for warning in serving.exposure_warnings(args.host, args.share):
         print(warning, file=sys.stderr, flush=True)
@@ -807,13 +819,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         page = build_demo(args.keep_results)  # anew: Gradio reads GRADIO_TEMP_DIR when components are made
-        page.queue(default_concurrency_limit=serving.DEPTH_CONCURRENCY, max_size=serving.QUEUE_MAX_SIZE)
-        _, url, share_url = page.launch(
-            server_name=args.host, server_port=args.port, share=args.share, theme=gr.themes.Default(),
-            allowed_paths=[str(store.root), str(EXAMPLES_DIR)], max_file_size=serving.MAX_UPLOAD_BYTES,
-            show_error=False, quiet=True, prevent_thread_lock=True)
-        print(banner(args, url, share_url), flush=True)
-        page.block_thread()
+        serving_app.serve(page, serving_app.ServeOptions(
+            host=args.host, port=args.port, share=args.share, allowed_hosts=tuple(args.allowed_host),
+            private_dir=private, upload_dir=Path(os.environ["GRADIO_TEMP_DIR"]),
+            disk_quota_bytes=args.disk_quota * 2**20),
+            on_ready=lambda url, share_url: print(banner(args, url, share_url), flush=True),
+            theme=gr.themes.Default(), allowed_paths=[str(store.root), str(EXAMPLES_DIR)],
+            max_file_size=serving.MAX_UPLOAD_BYTES, show_error=False)
     except KeyboardInterrupt:
         pass
     finally:

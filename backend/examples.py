@@ -12,6 +12,7 @@ from pathlib import Path
 
 from backend.camera import from_exif
 from backend.imageio import LoadedImage
+from backend.probe import ImageFacts
 from backend.intrinsics import ASSUMED_FOV_PRESET, PRESETS, IntrinsicsChoice, IntrinsicsError, load_sidecar, validate
 
 EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -44,7 +45,7 @@ class ExampleCatalog:
         return example.sidecar if example else None
 
 
-def suggest_intrinsics(image: LoadedImage, path: str | Path | bytes | None,
+def suggest_intrinsics(image: LoadedImage | ImageFacts, path: str | Path | bytes | None,
                        catalog: ExampleCatalog | None) -> IntrinsicsChoice:
     """Example sidecar (calibrated), else consistent EXIF, else the assumed-FOV preset whose
     reason says why EXIF was not used. `path`: the photo's file or bytes (examples are found by

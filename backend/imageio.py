@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -31,6 +32,11 @@ from backend.exif import ExifCamera, read_exif
 MIN_SIDE = 16
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+# Full decodes running at once, over every caller (depth requests, API, anything else): a
+# 40 MP image takes ~120 MB as RGB plus Pillow's own buffer, so this bounds the decoders'
+# memory whatever the request concurrency. Light steps read headers instead (backend.probe).
+FULL_DECODE_SLOTS = 2
+_full_decodes = threading.BoundedSemaphore(FULL_DECODE_SLOTS)
 # Pillow's JPEG opener also handles the multi-picture JPEGs many phones write (format "MPO").
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 
@@ -81,7 +87,7 @@ def load_image(
             raise ImageError(_unidentified_message(data)) from exc
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"The image file is damaged or incomplete: its header cannot be read ({exc}).") from exc
-        with im:
+        with im, _full_decodes:
             return _decode(im, data, max_pixels)
 
 

@@ -12,6 +12,7 @@ Everything goes through adbutils and the real adb server. Why it looks like this
 """
 from __future__ import annotations
 
+import io
 import re
 import shlex
 import socket
@@ -333,6 +334,21 @@ def push_if_changed(phone: Phone, files: Mapping[str, Path], remote_dir: str = R
             raise DeviceLinkError(f"The copy on the phone differs after pushing {', '.join(bad)} (storage full?)")
     report.seconds = time.perf_counter() - started
     return report
+
+
+def push_secret(phone: Phone, data: bytes, remote_path: str) -> None:
+    """Write `data` to a new file on the phone readable only by the shell user (mode 0600).
+
+    This is how the runner gets its session token: over the sync protocol, never on a shell
+    command line (which other processes on the phone can read while it runs).
+    """
+    validate_remote_path(remote_path)
+    try:
+        phone.device.sync.push(io.BytesIO(data), remote_path, mode=0o600)
+    except AdbError as exc:
+        raise _link_error(phone, f"writing {remote_path} failed ({exc})") from None
+    except (OSError, EOFError) as exc:
+        raise _link_error(phone, f"the connection broke while writing {remote_path} ({exc})") from None
 
 
 # ----------------------------------------------------------------------------- the runner process

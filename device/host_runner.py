@@ -17,9 +17,11 @@ from typing import Sequence
 
 from device.build import build_host, wheel_litert_library
 from device.protocol import (
-    DEFAULT_MEAN, DEFAULT_STD, RUNNER_VERSION, RunnerClient, RunnerError, build_runner_args, new_token,
-    parse_ready_line,
+    DEFAULT_MEAN, DEFAULT_STD, RUNNER_VERSION, RunnerClient, RunnerError, build_runner_args, new_socket_name,
+    new_token, parse_ready_line, write_token_file,
 )
+
+BACKLOG_RETRY_S = 0.02
 
 
 @dataclass
@@ -75,26 +77,33 @@ class LaunchedRunner:
 def connect_socket(spec: str, timeout: float = 10.0) -> socket.socket:
     """A connected stream socket for a runner socket spec (localabstract:, unix: or tcp:)."""
     kind, _, where = spec.partition(":")
-    if kind == "localabstract":
-        sock, address = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), "\0" + where
-    elif kind == "unix":
-        sock, address = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), where
-    elif kind == "tcp":
+    if kind == "tcp":
         return socket.create_connection(("127.0.0.1", int(where)), timeout=timeout)
-    else:
+    if kind not in ("localabstract", "unix"):
         raise ValueError(f"unknown socket spec {spec!r}")
-    sock.settimeout(timeout)
-    try:
-        sock.connect(address)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    address = "\0" + where if kind == "localabstract" else where
+    # A unix socket whose listen backlog is full refuses at once with EAGAIN (it does not wait
+    # like TCP); the runner serves one client at a time, so retry until our own deadline.
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address)
+            return sock
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"the runner's listen backlog at {spec} stayed full for {timeout:g} s") from None
+            time.sleep(BACKLOG_RETRY_S)
+        except OSError:
+            sock.close()
+            raise
 
 
-def _socket_spec(kind: str, token: str, folder: Path) -> str:
+def _socket_spec(kind: str, folder: Path) -> str:
     if kind == "localabstract":
-        return f"localabstract:metric3d-{token[:16]}"
+        return f"localabstract:{new_socket_name()}"
     if kind == "unix":
         return f"unix:{folder / 'runner.sock'}"
     if kind == "tcp":
@@ -152,8 +161,10 @@ def launch_host_runner(
     token = new_token()
     log_dir = tempfile.TemporaryDirectory(prefix="metric3d-runner-")
     folder = Path(log_dir.name)
+    token_file = folder / "token"
+    write_token_file(token_file, token)  # the runner reads and deletes it; mode 0600
     args = build_runner_args(
-        str(Path(model_path).resolve()), _socket_spec(socket_kind, token, folder), token, accelerator, precision,
+        str(Path(model_path).resolve()), _socket_spec(socket_kind, folder), str(token_file), accelerator, precision,
         mean, std, threads, io_timeout_ms, libdir=str(wheel_litert_library().parent), version=version)
     log_path = folder / "runner.log"
     with open(log_path, "wb") as log:
@@ -161,6 +172,7 @@ def launch_host_runner(
     try:
         ready = _wait_ready(proc, log_path, startup_timeout)
     except BaseException:
+        token_file.unlink(missing_ok=True)  # a runner that failed early may not have read it
         if proc.poll() is None:
             proc.kill()
         proc.wait()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import re
 import secrets
 import socket
@@ -212,6 +213,31 @@ def new_token() -> str:
     return secrets.token_hex(16)
 
 
+def new_socket_name() -> str:
+    """A fresh abstract socket name, independent of the token (nothing about it can be derived
+    from the name, which every local user can list in /proc/net/unix)."""
+    return f"metric3d_{secrets.token_hex(8)}"
+
+
+def token_file_bytes(token: str) -> bytes:
+    """The content of the runner's token file (its `token_file=` argument): the token and a newline.
+
+    The runner reads the file, checks it is a regular file of its own user with mode 0600,
+    and deletes it before it loads the model, so the token never appears on a command line
+    (/proc/PID/cmdline is readable by every local user). Raises ValueError for a bad token.
+    """
+    if not _TOKEN.match(token):
+        raise ValueError("token must be 16-64 lowercase hex digits")
+    return token.encode("ascii") + b"\n"
+
+
+def write_token_file(path: str | os.PathLike, token: str) -> None:
+    """Create `path` with mode 0600 (never an existing file or link) holding the token."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(token_file_bytes(token))
+
+
 def _format_floats(values: Sequence[float], what: str) -> str:
     if len(values) != 3:
         raise ValueError(f"{what} needs three values (R, G, B), got {values!r}")
@@ -221,7 +247,7 @@ def _format_floats(values: Sequence[float], what: str) -> str:
 def build_runner_args(
     model: str,
     socket_spec: str,
-    token: str,
+    token_file: str,
     accelerator: str = "gpu",
     precision: str = "fp16acc32",
     mean: Sequence[float] = DEFAULT_MEAN,
@@ -236,12 +262,10 @@ def build_runner_args(
         raise ValueError(f"accelerator must be 'gpu' or 'cpu', got {accelerator!r}")
     if precision not in ("fp16", "fp16acc32", "fp32"):
         raise ValueError(f"precision must be fp16, fp16acc32 or fp32, got {precision!r}")
-    if not _TOKEN.match(token):
-        raise ValueError("token must be 16-64 lowercase hex digits")
     if any(v <= 0 for v in std):
         raise ValueError(f"std values must be positive, got {std!r}")
     pairs = {
-        "model": model, "socket": socket_spec, "token": token, "accelerator": accelerator,
+        "model": model, "socket": socket_spec, "token_file": token_file, "accelerator": accelerator,
         "precision": precision, "mean": _format_floats(mean, "mean"), "std": _format_floats(std, "std"),
     }
     if threads is not None:

@@ -9,7 +9,6 @@ on the phone (sha256sum of the copy), so the runner is not asked to hash 150 MB 
 """
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,10 @@ from backend.model_info import ModelInfo
 from device import adb
 from device.adb import DeviceLinkError, Phone, PushReport, StartedRunner
 from device.build import ANDROID_BUILD_DIR, ANDROID_LIBS, ANDROID_PLATFORM_DIR, RUNNER_NAME, default_cache_dir
-from device.protocol import RUNNER_VERSION, HelloReply, RunnerClient, RunnerError, build_runner_args, new_token
+from device.protocol import (
+    RUNNER_VERSION, HelloReply, RunnerClient, RunnerError, build_runner_args, new_socket_name, new_token,
+    token_file_bytes,
+)
 
 REMOTE_MODEL_NAME = "model.tflite"
 # The health PING is sent while the runner is idle, so an answer takes milliseconds; a runner
@@ -140,10 +142,12 @@ class RunnerSession:
                                    executables=(RUNNER_NAME,), timeout=max(settings.adb_timeout, 120.0))
         adb.kill_stale_runners(self.phone, RUNNER_NAME, settings.adb_timeout)
         token = new_token()
-        socket_name = f"metric3d_{secrets.token_hex(8)}"
+        socket_name = new_socket_name()  # independent of the token
+        token_path = f"{settings.remote_dir}/token-{socket_name}"  # the runner reads and deletes it
         try:
+            adb.push_secret(self.phone, token_file_bytes(token), token_path)
             args = build_runner_args(f"{settings.remote_dir}/{REMOTE_MODEL_NAME}", f"localabstract:{socket_name}",
-                                     token, settings.accelerator, settings.precision, self.model.mean,
+                                     token_path, settings.accelerator, settings.precision, self.model.mean,
                                      self.model.std, settings.threads, libdir=settings.remote_dir)
         except ValueError as exc:  # the model's mean/std (the settings were checked when made)
             raise DeviceLinkError(f"Bad runner setting: {exc}") from None

@@ -8,6 +8,7 @@ import gradio as gr
 import pytest
 
 import app
+from backend.fields import FieldError
 from backend.intrinsics import IntrinsicsError
 from backend.panels import info_markdown, png_line, shorten_paths, status_line, status_markdown
 
@@ -45,23 +46,26 @@ def test_the_png_line_counts_what_the_png_cannot_hold():
 
 
 @pytest.mark.parametrize("fields, words", [
-    (("abc", 1, 2, 3), "fx must be a number of pixels (got 'abc')"),
+    (("abc", 1, 2, 3), "fx must be a plain decimal number (like 1000 or 0.25), got 'abc'"),
+    (("1_000", 1, 2, 3), "fx must be a plain decimal number"),
+    (("nan", 1, 2, 3), "fx must be a plain decimal number"),
     ((None, 1, 2, 3), "Please fill in fx"),
     ((1, "", 2, None), "Please fill in fy, cy"),
 ])
 def test_intrinsics_fields_are_named(fields, words):
-    with pytest.raises(IntrinsicsError) as err:
+    with pytest.raises((IntrinsicsError, FieldError)) as err:
         app.read_intrinsics(*fields)
     assert words in str(err.value)
 
 
 @pytest.mark.parametrize("near, far, words", [
-    (-1, 10, "Nearest point kept must be a number of meters ≥ 0 (got -1)"),
-    (0.1, None, "Please fill in Farthest point kept"),
+    (-1, 10, "Nearest point kept (m) must be at least 0, got -1"),
+    (0.1, None, "Please fill in Farthest point kept (m)"),
     (5, 2, "nearest 5 m ≥ farthest 2 m"),
+    (float("nan"), 2, "Nearest point kept (m) must be a finite number"),
 ])
 def test_option_fields_are_named(near, far, words):
-    with pytest.raises(IntrinsicsError) as err:
+    with pytest.raises(FieldError) as err:
         app.read_options("turbo", near, far, 0.05, 0.0)
     assert words in str(err.value)
 

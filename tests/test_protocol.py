@@ -6,6 +6,7 @@ misbehave in ways the real runner (tested in test_runner_host.py) never does on 
 from __future__ import annotations
 
 import socket
+import stat
 import struct
 import threading
 import time
@@ -16,7 +17,8 @@ import pytest
 from device.protocol import (
     HEADER_SIZE, HELLO_REPLY, INFER_REPLY, MAGIC, RUNNER_VERSION, Accelerator, ErrorCode, MsgType, Precision,
     ProtocolError, RunnerClient, RunnerError, build_runner_args, decode_error, decode_header, decode_hello_reply,
-    decode_infer_reply, encode_frame, encode_hello, encode_infer, new_token, parse_ready_line,
+    decode_infer_reply, encode_frame, encode_hello, encode_infer, new_socket_name, new_token, parse_ready_line,
+    token_file_bytes, write_token_file,
 )
 
 TOKEN = "0123456789abcdef0123456789abcdef"
@@ -102,29 +104,56 @@ def test_decode_error():
 
 
 def test_build_runner_args_is_validated_and_ordered():
-    args = build_runner_args("/data/local/tmp/m.tflite", "localabstract:metric3d-x", TOKEN, threads=4)
+    args = build_runner_args("/data/local/tmp/m.tflite", "localabstract:metric3d-x", "/data/local/tmp/tok", threads=4)
     assert args[0] == RUNNER_VERSION
     pairs = dict(a.split("=", 1) for a in args[1:])
     assert pairs["model"] == "/data/local/tmp/m.tflite" and pairs["threads"] == "4"
+    assert pairs["token_file"] == "/data/local/tmp/tok" and "token" not in pairs
     assert pairs["mean"] == "123.675,116.28,103.53" and pairs["precision"] == "fp16acc32"
-    for bad in ({"model": "m.tflite; rm -rf /"}, {"model": "$(id)"}, {"socket_spec": "tcp:1 && x"}):
-        kwargs = {"model": "m.tflite", "socket_spec": "tcp:0", "token": TOKEN, **bad}
+    for bad in ({"model": "m.tflite; rm -rf /"}, {"model": "$(id)"}, {"socket_spec": "tcp:1 && x"},
+                {"token_file": "t`id`"}):
+        kwargs = {"model": "m.tflite", "socket_spec": "tcp:0", "token_file": "tok", **bad}
         with pytest.raises(ValueError, match="not allowed"):
             build_runner_args(**kwargs)
-    with pytest.raises(ValueError, match="hex"):
-        build_runner_args("m", "tcp:0", "NOT-HEX")
     with pytest.raises(ValueError, match="precision"):
-        build_runner_args("m", "tcp:0", TOKEN, precision="int8")
+        build_runner_args("m", "tcp:0", "tok", precision="int8")
     with pytest.raises(ValueError, match="positive"):
-        build_runner_args("m", "tcp:0", TOKEN, std=(1.0, 0.0, 1.0))
+        build_runner_args("m", "tcp:0", "tok", std=(1.0, 0.0, 1.0))
     with pytest.raises(ValueError, match="threads"):
-        build_runner_args("m", "tcp:0", TOKEN, threads=0)
+        build_runner_args("m", "tcp:0", "tok", threads=0)
+
+
+def test_the_token_never_reaches_the_command_line_and_the_socket_name_is_independent():
+    token = new_token()
+    args = build_runner_args("m", f"localabstract:{new_socket_name()}", "tok")
+    assert not any(token in a for a in args)
+    names = {new_socket_name() for _ in range(50)}
+    assert len(names) == 50
+    assert not any(token[:8] in n or token[-8:] in n for n in names)
+    assert token_file_bytes(token) == token.encode() + b"\n"
+    with pytest.raises(ValueError, match="hex"):
+        token_file_bytes("NOT-HEX")
+
+
+def test_token_file_is_created_private_and_never_over_an_existing_file(tmp_path):
+    path = tmp_path / "token"
+    token = new_token()
+    write_token_file(path, token)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == token + "\n"
+    with pytest.raises(FileExistsError):
+        write_token_file(path, token)
+    target = tmp_path / "elsewhere"
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(FileExistsError):
+        write_token_file(tmp_path / "link", token)
+    assert not target.exists()
 
 
 def test_new_token_is_accepted_and_random():
     a, b = new_token(), new_token()
     assert a != b
-    build_runner_args("m", "tcp:0", a)
+    token_file_bytes(a)
 
 
 def test_parse_ready_line():

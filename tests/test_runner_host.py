@@ -24,7 +24,7 @@ from device.build import build_host
 from device.host_runner import launch_host_runner, start_host_runner
 from device.protocol import (
     HEADER_SIZE, HELLO_REQUEST, RUNNER_VERSION, ErrorCode, MsgType, RunnerClient, RunnerError, decode_error,
-    decode_header, encode_frame, encode_hello,
+    decode_header, encode_frame, encode_hello, write_token_file,
 )
 
 IO_TIMEOUT_MS = 400
@@ -379,15 +379,160 @@ def test_runner_reports_a_missing_or_broken_model(tmp_path):
 
 
 @pytest.mark.parametrize("bad", ["model=a;reboot", "threads=999", "accelerator=npu", "mean=1,2", "colour=red",
-                                 "token=XYZ"])
-def test_runner_validates_its_arguments(stand_in_model, bad):
-    good = {"model": str(stand_in_model), "socket": "tcp:0", "token": "ab" * 16}
+                                 "token=abababababababababababababababab"])
+def test_runner_validates_its_arguments(stand_in_model, bad, tmp_path):
+    token_file = tmp_path / "token"
+    write_token_file(token_file, "ab" * 16)
+    good = {"model": str(stand_in_model), "socket": "tcp:0", "token_file": str(token_file)}
     key = bad.split("=", 1)[0]
     args = [f"{k}={v}" for k, v in good.items() if k != key] + [bad]
     proc = subprocess.run([str(build_host()), RUNNER_VERSION, *args], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert "bad argument" in proc.stderr and key in proc.stderr
+    assert not token_file.exists(), "a runner that refuses its arguments must still delete the token file"
+
+
+@pytest.mark.parametrize("problem", ["readable by others", "not hex", "a symlink"])
+def test_runner_refuses_an_unsafe_token_file_and_deletes_it(stand_in_model, tmp_path, problem):
+    token_file = tmp_path / "token"
+    if problem == "a symlink":
+        real = tmp_path / "real"
+        write_token_file(real, "ab" * 16)
+        token_file.symlink_to(real)
+    else:
+        token_file.write_text("zz" * 16 if problem == "not hex" else "ab" * 16)
+        token_file.chmod(0o600 if problem == "not hex" else 0o644)
+    args = [f"model={stand_in_model}", "socket=tcp:0", f"token_file={token_file}"]
+    proc = subprocess.run([str(build_host()), RUNNER_VERSION, *args], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "token file" in proc.stderr
+    assert not token_file.is_symlink() and not token_file.exists()
+
+
+@pytest.fixture(scope="module")
+def cpu_runner(stand_in_model):
+    """The runner as a hostile local client meets it (CPU only: these checks are about the socket)."""
+    launched = launch_host_runner(stand_in_model, accelerator="cpu", threads=1, io_timeout_ms=IO_TIMEOUT_MS)
+    yield launched
+    launched.stop()
+
+
+def test_the_token_is_not_on_the_command_line_nor_in_the_socket_name(cpu_runner):
+    cmdline = Path(f"/proc/{cpu_runner.proc.pid}/cmdline").read_bytes().decode()
+    assert cpu_runner.token not in cmdline and "token=" not in cmdline.replace("token_file=", "")
+    assert cpu_runner.token[:8] not in cpu_runner.socket_spec and cpu_runner.token[-8:] not in cpu_runner.socket_spec
+    token_file = Path(cmdline.split("token_file=", 1)[1].split("\0", 1)[0])
+    assert not token_file.exists(), "the runner must delete its token file once read"
+
+
+def test_a_request_before_hello_is_refused_before_its_payload_is_read(cpu_runner):
+    with cpu_runner.connect(timeout=5) as sock:
+        header = bytearray(encode_frame(MsgType.INFER, 1, b""))
+        header[12:16] = struct.pack("<I", 448 * 448 * 3)  # announces a full 602 KB frame, sends none of it
+        sock.sendall(bytes(header))
+        start = time.monotonic()
+        _assert_error_then_close(sock, ErrorCode.NOT_AUTHENTICATED)
+        assert time.monotonic() - start < IO_TIMEOUT_MS / 1000, "the runner waited for the payload"
+    _assert_serves_a_good_client(cpu_runner)
+
+
+@pytest.mark.parametrize("authenticated", [False, True])
+def test_a_client_trickling_one_byte_at_a_time_is_dropped_at_the_frame_deadline(cpu_runner, authenticated):
+    """Each byte arrives well within the old per-byte timeout; the whole-frame deadline ends it."""
+    with cpu_runner.connect(timeout=5) as sock:
+        if authenticated:
+            sock.sendall(encode_frame(MsgType.HELLO, 1, encode_hello(RUNNER_VERSION, cpu_runner.token, None)))
+            assert _read_reply(sock)[0] == MsgType.HELLO | 0x80
+            frame = encode_frame(MsgType.INFER, 2, _image(3).tobytes())
+        else:
+            frame = encode_frame(MsgType.HELLO, 1, encode_hello(RUNNER_VERSION, cpu_runner.token, None))
+        start = time.monotonic()
+        sock.settimeout(IO_TIMEOUT_MS / 4000)
+        closed_after = None
+        for i in range(200):  # at most 200 x 50 ms = 10 s, i.e. 25 frame deadlines
+            try:
+                sock.sendall(frame[i:i + 1])
+                if sock.recv(HEADER_SIZE, socket.MSG_PEEK):
+                    closed_after = time.monotonic() - start
+                    break
+            except TimeoutError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                closed_after = time.monotonic() - start
+                break
+            time.sleep(0.05)
+        assert closed_after is not None, "a trickling client held the runner for 10 s"
+        assert closed_after < 3 * IO_TIMEOUT_MS / 1000
+        sock.settimeout(5)
+        _assert_error_then_close(sock, ErrorCode.TIMEOUT)
+    _assert_serves_a_good_client(cpu_runner)
+
+
+def test_a_client_finding_the_backlog_full_retries_until_it_gets_in(stand_in_model):
+    """64 idle connections queue behind the one being served; the next one gets EAGAIN at once,
+    so connect_socket keeps retrying until its own deadline. (Its own runner with a long I/O
+    timeout, so the served idle client does not free a slot while the test watches.)"""
+    cpu_runner = launch_host_runner(stand_in_model, accelerator="cpu", threads=1, io_timeout_ms=5000)
+    address = "\0" + cpu_runner.socket_spec.split(":", 1)[1]
+    hoard = []
+
+    def fill() -> None:
+        for _ in range(200):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(address)
+            except BlockingIOError:
+                sock.close()
+                return
+            hoard.append(sock)
+    try:
+        fill()
+        time.sleep(0.3)  # the runner accepts the first one and waits for its HELLO (5 s) ...
+        fill()  # ... so this tops the backlog up again and nothing frees a slot meanwhile
+        assert len(hoard) >= 64, f"the backlog held only {len(hoard)} connections"
+        assert len(hoard) < 300, "the backlog never filled up"
+        got: dict = {}
+
+        def connect():
+            try:
+                got["sock"] = cpu_runner.connect(timeout=10)
+            except OSError as exc:
+                got["error"] = exc
+        thread = threading.Thread(target=connect, daemon=True)
+        thread.start()
+        time.sleep(0.3)
+        assert thread.is_alive(), f"connect gave up instead of retrying: {got}"
+        for sock in hoard:
+            sock.close()
+        hoard.clear()
+        thread.join(10)
+        assert "sock" in got, f"connect failed: {got}"
+        client = RunnerClient(got["sock"], timeout=10)
+        try:
+            client.handshake(RUNNER_VERSION, None, cpu_runner.token)
+            assert client.ping() >= 0
+        finally:
+            client.close()
+    finally:
+        for sock in hoard:
+            sock.close()
+        cpu_runner.stop()
+
+
+def test_refused_clients_are_logged_at_a_bounded_rate(cpu_runner):
+    before = cpu_runner.log().count("wrong session token")
+    attempts = 300
+    for _ in range(attempts):
+        client = RunnerClient(cpu_runner.connect(), timeout=5)
+        with pytest.raises(RunnerError, match="wrong session token"):
+            client.handshake(RUNNER_VERSION, None, "f" * 32)
+        client.close()
+    logged = cpu_runner.log().count("wrong session token") - before
+    print(f"\n[runner] {attempts} wrong-token clients -> {logged} log lines")
+    assert logged <= 10
+    _assert_serves_a_good_client(cpu_runner)
 
 
 def test_full_model_fp16_matches_the_host_engine(full_model_fp16):

@@ -60,6 +60,9 @@ enum { DTYPE_F32 = 1, DTYPE_F16 = 10 };
 #define HELLO_REPLY_SIZE 80
 #define INFER_REPLY_HEAD 32
 #define MAX_SMALL_PAYLOAD 256
+/* Clients wait here while another one is served; one that still finds it full retries until its
+ * own deadline (device/protocol.py connect_socket). */
+#define LISTEN_BACKLOG 64
 static const unsigned char MAGIC[4] = {'M', '3', 'D', 'R'};
 
 /* ---------------------------------------------------------------- logging */
@@ -77,6 +80,31 @@ static double now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* Errors sent to clients are logged at most LOG_BURST times per LOG_WINDOW_MS; the rest are
+ * counted and reported in one line when the next window opens, so a client that reconnects
+ * with a wrong token in a loop cannot fill the phone's storage with log lines. */
+#define LOG_BURST 10
+#define LOG_WINDOW_MS 10000.0
+static double g_log_window_start = -1e18;
+static unsigned g_log_in_window, g_log_dropped;
+
+static int log_allowed(void) {
+    double t = now_ms();
+    if (t - g_log_window_start >= LOG_WINDOW_MS) {
+        if (g_log_dropped) log_msg("%u more client errors in the last %.0f s were not logged", g_log_dropped,
+                                   (t - g_log_window_start) / 1e3);
+        g_log_window_start = t;
+        g_log_in_window = 0;
+        g_log_dropped = 0;
+    }
+    if (g_log_in_window < LOG_BURST) {
+        g_log_in_window++;
+        return 1;
+    }
+    g_log_dropped++;
+    return 0;
 }
 
 /* ---------------------------------------------------------------- sha256 (FIPS 180-4) */
@@ -185,7 +213,8 @@ static void hex_encode(const unsigned char *p, size_t n, char *out) {
 typedef struct {
     const char *model;
     const char *socket_spec;
-    const char *token;
+    const char *token_file;
+    char token[65];
     const char *libdir;
     const char *litert_lib;
     int want_gpu;
@@ -238,7 +267,7 @@ static int parse_args(int argc, char **argv, Args *a) {
     memcpy(a->mean, mean0, sizeof mean0);
     memcpy(a->std, std0, sizeof std0);
     if (argc < 2) {
-        log_msg("usage: runner VERSION model=PATH socket=SPEC token=HEX [key=value ...] (see device/PROTOCOL.md)");
+        log_msg("usage: runner VERSION model=PATH socket=SPEC token_file=PATH [key=value ...] (see device/PROTOCOL.md)");
         return -1;
     }
     if (strcmp(argv[1], RUNNER_VERSION) != 0) {
@@ -247,7 +276,7 @@ static int parse_args(int argc, char **argv, Args *a) {
         return -1;
     }
     unsigned seen = 0;
-    static const char *const keys[] = {"model", "socket", "token", "accelerator", "precision", "mean",
+    static const char *const keys[] = {"model", "socket", "token_file", "accelerator", "precision", "mean",
                                        "std", "threads", "io_timeout_ms", "libdir", "litert_lib"};
     for (int i = 2; i < argc; i++) {
         const char *eq = strchr(argv[i], '=');
@@ -264,12 +293,8 @@ static int parse_args(int argc, char **argv, Args *a) {
         if (!valid_value(v)) return fail_arg(k, v, "only letters, digits and _ . / : , + - are allowed");
         if (idx == 0) a->model = v;
         else if (idx == 1) a->socket_spec = v;
-        else if (idx == 2) {
-            size_t n = strlen(v);
-            if (n < 16 || n > 64 || strspn(v, "0123456789abcdef") != n)
-                return fail_arg(k, v, "must be 16-64 lowercase hex digits");
-            a->token = v;
-        } else if (idx == 3) {
+        else if (idx == 2) a->token_file = v;
+        else if (idx == 3) {
             if (strcmp(v, "gpu") && strcmp(v, "cpu")) return fail_arg(k, v, "must be gpu or cpu");
             a->want_gpu = strcmp(v, "gpu") == 0;
         } else if (idx == 4) {
@@ -289,10 +314,42 @@ static int parse_args(int argc, char **argv, Args *a) {
         } else if (idx == 9) a->libdir = v;
         else a->litert_lib = v;
     }
-    if (!a->model || !a->socket_spec || !a->token) {
-        log_msg("model=, socket= and token= are required");
+    if (!a->model || !a->socket_spec || !a->token_file) {
+        log_msg("model=, socket= and token_file= are required");
         return -1;
     }
+    return 0;
+}
+
+/* Read the session token from PATH and delete the file, whatever happens. The token never
+ * appears on the command line (readable by every local user in /proc/PID/cmdline); the file
+ * must be a regular file of ours that no one else may read or write (mode 0600 or stricter),
+ * holding 16-64 lowercase hex digits and at most one trailing newline. */
+static int read_token_file(const char *path, char out[65]) {
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    int saved = errno;
+    unlink(path);
+    if (fd < 0) {
+        log_msg("cannot open the token file %s: %s", path, strerror(saved));
+        return -1;
+    }
+    struct stat st;
+    char buf[80];
+    ssize_t n = -1;
+    int ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() && (st.st_mode & 077) == 0;
+    if (ok) n = read(fd, buf, sizeof buf);
+    close(fd);
+    if (!ok) {
+        log_msg("the token file %s must be a regular file owned by this user with mode 0600", path);
+        return -1;
+    }
+    if (n > 0 && buf[n - 1] == '\n') n--;
+    if (n < 16 || n > 64 || strspn(buf, "0123456789abcdef") < (size_t)n) {
+        log_msg("the token file %s must hold 16-64 lowercase hex digits", path);
+        return -1;
+    }
+    memcpy(out, buf, (size_t)n);
+    out[n] = '\0';
     return 0;
 }
 
@@ -662,7 +719,7 @@ static int listen_on(const char *spec, char *bound, size_t bound_size, int *is_t
         log_msg("socket must be localabstract:NAME, unix:/PATH or tcp:PORT (got %s)", spec);
         return -1;
     }
-    if (listen(fd, 4) < 0) {
+    if (listen(fd, LISTEN_BACKLOG) < 0) {
         log_msg("cannot listen on %s: %s", spec, strerror(errno));
         close(fd);
         return -1;
@@ -672,13 +729,21 @@ static int listen_on(const char *spec, char *bound, size_t bound_size, int *is_t
 
 enum { IO_OK = 1, IO_EOF = 0, IO_ERROR = -1, IO_TIMEOUT = -2 };
 
-/* Read exactly n bytes. The first byte may wait first_ms (-1: forever), later ones rest_ms.
- * IO_EOF only when the peer closed before the first byte. */
-static int read_exact(int fd, unsigned char *buf, size_t n, int first_ms, int rest_ms) {
+/* Read exactly n bytes before the absolute deadline (now_ms() clock; a negative deadline waits
+ * forever). The deadline covers the whole read, not each byte: a client that trickles one
+ * byte at a time is dropped when the deadline passes. IO_EOF only when the peer closed before
+ * the first byte. */
+static int read_exact(int fd, unsigned char *buf, size_t n, double deadline) {
     size_t got = 0;
     while (got < n) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
-        int r = poll(&p, 1, got == 0 ? first_ms : rest_ms);
+        int wait_ms = -1;
+        if (deadline >= 0) {
+            double left = deadline - now_ms();
+            if (left <= 0) return IO_TIMEOUT;
+            wait_ms = (int)left + 1;
+        }
+        int r = poll(&p, 1, wait_ms);
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) return IO_ERROR;
         if (r == 0) return IO_TIMEOUT;
@@ -728,7 +793,7 @@ static int send_error(int fd, uint32_t id, uint32_t code, const char *fmt, ...) 
     if (n < 0) n = 0;
     if ((size_t)n > sizeof buf - 5) n = (int)sizeof buf - 5;
     memcpy(buf, &code, 4);
-    log_msg("error %u to client: %s", code, (char *)buf + 4);
+    if (log_allowed()) log_msg("error %u to client: %s", code, (char *)buf + 4);
     return send_frame(fd, MSG_ERROR, id, buf, 4 + (size_t)n, NULL, 0);
 }
 
@@ -873,12 +938,20 @@ static int serve_client(Server *sv, int fd) {
     int authenticated = 0;
     struct timeval tv = {.tv_sec = io_ms / 1000, .tv_usec = (io_ms % 1000) * 1000};
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    /* Before HELLO the whole handshake frame must arrive within io_ms of the accept; after it,
+     * the runner waits for a frame's first byte without a limit (an idle app keeps its
+     * connection) and then the rest of that frame must arrive within io_ms. */
+    double deadline = now_ms() + io_ms;
     for (;;) {
         unsigned char h[HEADER_SIZE];
-        int r = read_exact(fd, h, HEADER_SIZE, authenticated ? -1 : io_ms, io_ms);
+        int r = authenticated ? read_exact(fd, h, 1, -1) : IO_OK;
         if (r == IO_EOF) return 0;
+        if (r != IO_OK) return 0;
+        if (authenticated) deadline = now_ms() + io_ms;
+        r = read_exact(fd, h + authenticated, HEADER_SIZE - (size_t)authenticated, deadline);
+        if (r == IO_EOF && !authenticated) return 0;
         if (r == IO_TIMEOUT) {
-            send_error(fd, 0, ERR_TIMEOUT, "%s within %d ms; closing", authenticated ? "incomplete frame header" : "no HELLO", io_ms);
+            send_error(fd, 0, ERR_TIMEOUT, "%s within %d ms; closing", authenticated ? "incomplete frame" : "no HELLO", io_ms);
             return 0;
         }
         if (r != IO_OK) return 0;
@@ -890,22 +963,26 @@ static int serve_client(Server *sv, int fd) {
             send_error(fd, 0, ERR_BAD_MAGIC, "frame does not start with M3DR; is this a Metric3D runner client?");
             return 0;
         }
+        if (!authenticated && type != MSG_HELLO) {  /* checked before any payload is read */
+            send_error(fd, id, ERR_NOT_AUTHENTICATED, "the first request must be HELLO");
+            return 0;
+        }
+        if (!authenticated && len != HELLO_SIZE) {
+            send_error(fd, id, ERR_BAD_LENGTH, "HELLO must be %d bytes, got %u", HELLO_SIZE, len);
+            return 0;
+        }
         size_t limit = type == MSG_INFER ? infer_bytes : MAX_SMALL_PAYLOAD;
         if (len > limit) {
             send_error(fd, id, ERR_TOO_LARGE, "payload of %u bytes is over the %zu-byte limit for type 0x%02x", len, limit, type);
             return 0;
         }
-        r = read_exact(fd, sv->request, len, io_ms, io_ms);
+        r = read_exact(fd, sv->request, len, deadline);
         if (r == IO_TIMEOUT) {
-            send_error(fd, id, ERR_TIMEOUT, "payload incomplete after %d ms; closing", io_ms);
+            send_error(fd, id, ERR_TIMEOUT, "frame incomplete after %d ms; closing", io_ms);
             return 0;
         }
         if (r != IO_OK) return 0;
         if (!authenticated) {
-            if (type != MSG_HELLO) {
-                send_error(fd, id, ERR_NOT_AUTHENTICATED, "the first request must be HELLO");
-                return 0;
-            }
             if (handle_hello(sv, fd, id, len)) return 0;
             authenticated = 1;
             continue;
@@ -946,7 +1023,12 @@ int main(int argc, char **argv) {
     memset(&sv, 0, sizeof sv);
     setvbuf(stderr, NULL, _IOLBF, 0);
     signal(SIGPIPE, SIG_IGN);
-    if (parse_args(argc, argv, &args)) return EXIT_ARGS;
+    if (parse_args(argc, argv, &args)) {
+        for (int i = 2; i < argc; i++)  /* never leave the secret behind, whatever was wrong */
+            if (!strncmp(argv[i], "token_file=", 11)) unlink(argv[i] + 11);
+        return EXIT_ARGS;
+    }
+    if (read_token_file(args.token_file, args.token)) return EXIT_ARGS;
     exe_directory(argv[0], exe_dir, sizeof exe_dir);
     log_msg("version %s (%s), pid %d, model %s", RUNNER_VERSION, RUNNER_PLATFORM, (int)getpid(), args.model);
     struct stat model_st;
