@@ -64,6 +64,8 @@ log = logging.getLogger("metric3d.app")
 REPO = Path(__file__).resolve().parent
 EXAMPLES_DIR = REPO / "examples"
 FRONTEND = REPO / "frontend"
+PAGE_CSS = (FRONTEND / "page.css").read_text(encoding="utf-8")
+PAGE_JS = (FRONTEND / "page.js").read_text(encoding="utf-8")  # the measure tool's clicks, the viewer's loading sign
 FROM_PHOTO = "From the photo (EXIF or example calibration)"
 VIEWER_BACKGROUND = (0.80, 0.81, 0.83, 1.0)  # neutral light grey: dark and bright photos both show
 MEASURE_SCALE = 2  # the measure image is the network image at 2x: clicks land on half pixels
@@ -585,8 +587,7 @@ def build_demo(keep_results_s: int = serving.DEFAULT_RESULT_MAX_AGE_S) -> gr.Blo
         # reach the page under `gradio app.py`, whose reload runner calls demo.launch() itself.
         warnings.simplefilter("ignore", UserWarning)
         page = gr.Blocks(title="Metric3D v2 metric depth (LiteRT)", delete_cache=serving.cache_schedule(keep_results_s),
-                         css=(FRONTEND / "page.css").read_text(encoding="utf-8"),
-                         js=(FRONTEND / "page.js").read_text(encoding="utf-8"))
+                         css=PAGE_CSS, js=PAGE_JS)
     with page as demo:
         gr.Markdown(
             "## Metric3D v2 — metric depth from one photo\n"
@@ -824,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
             private_dir=private, upload_dir=Path(os.environ["GRADIO_TEMP_DIR"]),
             disk_quota_bytes=args.disk_quota * 2**20),
             on_ready=lambda url, share_url: print(banner(args, url, share_url), flush=True),
-            theme=gr.themes.Default(), allowed_paths=[str(store.root), str(EXAMPLES_DIR)],
+            theme=gr.themes.Default(), css=PAGE_CSS, js=PAGE_JS, allowed_paths=[str(store.root), str(EXAMPLES_DIR)],
             max_file_size=serving.MAX_UPLOAD_BYTES, show_error=False)
     except KeyboardInterrupt:
         pass

@@ -153,7 +153,8 @@ def serve(demo: gr.Blocks, options: ServeOptions, on_ready: Callable[[str, str |
           **gradio_options: Any) -> None:
     """Serve until Ctrl+C or SIGTERM (raised as KeyboardInterrupt). `on_ready(url, share_url)`
     is called once the server listens; `gradio_options` are the launch/mount settings both
-    paths share (theme, allowed_paths, max_file_size, show_error)."""
+    paths share (theme, css, js, allowed_paths, max_file_size, show_error: mount_gradio_app
+    replaces the page's css/js with its own arguments, so they are given here)."""
     harden(demo)
     policy, quota = guard_for(options)
     if options.share:
