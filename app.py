@@ -4,7 +4,7 @@ The work happens in backend/ (decode, intrinsics, pipeline, files) and device/ (
 runner link); this file only lays out the page, maps widgets to backend calls, turns
 errors into readable messages, and sets how the server is exposed (backend/serving.py).
 
-    python app.py [--model PATH] [--backend auto|host|device] [--serial SERIAL] [--runner-dir DIR]
+    python app.py [--model PATH] [--backend auto|host|host-gpu|device] [--serial SERIAL] [--runner-dir DIR]
                   [--host 127.0.0.1] [--port 7860] [--share] [--temp-dir DIR] [--keep-results SECONDS]
 """
 from __future__ import annotations
@@ -69,7 +69,8 @@ def make_backends(model_path: Path, serial: str | None = None, runner_dir: str |
         files = runner_files_in(runner_dir) if runner_dir else None
         return DeviceEngine(model_path, serial, adb_port=adb_server_port(), files=files)
 
-    return Backends(lambda: HostEngine(model_path), device_engine)
+    return Backends(lambda: HostEngine(model_path), device_engine,
+                    lambda allow_software: HostEngine(model_path, accelerator="gpu", allow_software_gpu=allow_software))
 
 
 @contextlib.contextmanager
@@ -255,7 +256,7 @@ def build_demo(backends: Backends, default_backend: str, store: OutputStore, cat
             "example's calibration when known. The network runs on a USB-connected Pixel or on this computer's CPU.")
         with gr.Accordion("Where the network runs", open=True, elem_id="backend-panel"):
             with gr.Row():
-                backend = gr.Radio([(BACKEND_LABELS[b], b) for b in ("auto", "device", "host")],
+                backend = gr.Radio([(BACKEND_LABELS[b], b) for b in ("auto", "device", "host", "host-gpu")],
                                    value=default_backend, label="Backend", scale=3)
                 look_btn = gr.Button("Look for the phone again", scale=1)
             status_md = gr.Markdown("Looking at the backends…", elem_id="status-panel")
@@ -355,8 +356,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Metric3D v2 metric depth demo (LiteRT).")
     parser.add_argument("--model", help="path to a .tflite (default: $METRIC3D_MODEL, cache, or download)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
-                        help="where the network runs: the host CPU, the Pixel over adb (device), or auto: "
-                             "the Pixel when one is connected, else the host CPU (default)")
+                        help="where the network runs: the host CPU, the host GPU (LiteRT WebGPU), the Pixel "
+                             "over adb (device), or auto: the Pixel when one is connected, else the host GPU "
+                             "if it is a hardware one, else the host CPU (default)")
     parser.add_argument("--serial", help="which phone, when several are connected (see `adb devices`)")
     parser.add_argument("--runner-dir", help="push the runner and the .so files in this folder instead of the "
                                              "`python -m device build-android` build")

@@ -23,6 +23,7 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
   $sudo apt-get update -qq || true
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_packages[@]}"
 fi
+[ "$dev" = 1 ] && scripts/vulkan-driver.sh
 
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
