@@ -136,8 +136,11 @@ class Backends:
             self._problem, self._looked = problem, True
         return False
 
-    def pick(self, choice: str) -> Pick:
-        """The engine for a request that asked for `choice` (auto, host or device)."""
+    def pick(self, choice: str, load_gpu: bool = True) -> Pick:
+        """The engine for a request that asked for `choice` (auto, host, host-gpu or device).
+
+        load_gpu=False: "auto" uses the host GPU only if it is already loaded (a request that
+        just lost the phone goes on at once instead of waiting for a GPU compile)."""
         if choice not in BACKENDS:
             raise EngineError(f"Unknown backend {choice!r}; choose one of {', '.join(BACKENDS)}.")
         if choice == "host":
@@ -152,7 +155,7 @@ class Backends:
             return Pick(device, "device")
         if choice == "device":
             raise DeviceLinkError(f"{problem}. {LOOK_AGAIN_HINT}")
-        if self._host_gpu_factory is not None:
+        if self._host_gpu_factory is not None and (load_gpu or self._host_gpu is not None):
             try:
                 return Pick(self.host_gpu(for_auto=True), "host-gpu", f"{problem} — running on the host GPU")
             except EngineError as exc:
@@ -167,7 +170,7 @@ class Backends:
         except EngineError as exc:
             if pick.where != "device" or not self._forget_if_gone(pick.engine, exc) or choice != "auto":
                 raise
-        pick = self.pick(choice)
+        pick = self.pick(choice, load_gpu=False)
         return work(pick), pick
 
     def _forget_if_gone(self, engine: Engine, exc: EngineError) -> bool:

@@ -931,7 +931,8 @@ static int handle_info(Server *sv, int fd, uint32_t id) {
                      RUNNER_VERSION, RUNNER_PLATFORM, (int)getpid(), path, sv->sha_hex, sv->model_bytes, in_name,
                      out_name, m->in_dims[0], m->in_dims[1], m->in_dims[2], m->in_dims[3], out_shape,
                      accel_name(m->accelerator), a->want_gpu ? "gpu" : "cpu", prec[a->precision], gpu_err,
-                     gpu_lib, basis, full[m->fully_accelerated + 1], m->gpu_rebuilds, m->compile_ms, m->warmup_ms, a->threads, a->mean[0], a->mean[1], a->mean[2], a->std[0],
+                     gpu_lib, basis, full[m->fully_accelerated + 1], m->gpu_rebuilds, m->compile_ms, m->warmup_ms,
+                     a->threads, a->mean[0], a->mean[1], a->mean[2], a->std[0],
                      a->std[1], a->std[2], sv->requests, sv->connections);
     if (n < 0 || (size_t)n >= sizeof text) return send_error(fd, id, ERR_INFERENCE_FAILED, "INFO text too long");
     return send_frame(fd, MSG_INFO | REPLY_BIT, id, text, (size_t)n, NULL, 0);
