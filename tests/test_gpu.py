@@ -181,3 +181,25 @@ def test_auto_keeps_a_software_gpu_off_and_says_why(gpu_engine, stand_in_model):
         assert status["host_gpu"]["accelerator"].startswith("GPU (") and "software" in status["host_gpu_problem"]
     finally:
         backends.close()
+
+
+def test_predict_cli_runs_the_gpu_path(gpu_engine, stand_in_model, tmp_path):
+    import subprocess
+    import sys
+
+    x = np.random.default_rng(4).normal(0.0, 1.0, (1, 3, 448, 448)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    cli = [sys.executable, "-m", "conversion", "predict", "--input", str(tmp_path / "x.npy")]
+    outputs = {}
+    for name, extra in {"cpu": [], "fp32": ["--accelerator", "gpu", "--gpu-precision", "fp32"],
+                        "fp16": ["--accelerator", "gpu"]}.items():
+        proc = subprocess.run([*cli, "--output", str(tmp_path / f"{name}.npy"), "--model", str(stand_in_model), *extra],
+                              capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outputs[name] = np.load(tmp_path / f"{name}.npy")
+    np.testing.assert_allclose(outputs["fp32"], outputs["cpu"], rtol=1e-4, atol=1e-4)
+    fp16_error = np.abs(outputs["fp16"] - outputs["cpu"]).max()
+    assert fp16_error > np.abs(outputs["fp32"] - outputs["cpu"]).max()  # the precision switch takes effect
+    refused = subprocess.run([*cli, "--output", str(tmp_path / "t.npy"), "--checkpoint", "x.pth", "--accelerator", "gpu"],
+                             capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert refused.returncode == 2 and "--accelerator applies to --model" in refused.stderr
