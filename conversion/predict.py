@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.gpu_adapter import parse_selected_adapter
 from backend.host_engine import native_stderr_captured
 
 
@@ -62,14 +63,34 @@ class LiteRtRun:
     native_log: list[str] = field(default_factory=list, repr=False)
 
 
+def wait_until_cpu_idle(max_s: float = 3600.0, quiet_s: float = 5.0, busy: float = 0.02) -> None:
+    """Block until this process stops using the CPU (less than `busy` of a core for `quiet_s`).
+
+    A software GPU (lavapipe) compiles and runs the shaders on this process's own threads, so
+    once their CPU time stops growing the result is ready, and LiteRT's read, which waits at
+    most ~120 s and then leaves the buffer locked, returns at once. Gives up after `max_s`.
+    """
+    deadline = time.monotonic() + max_s
+    last, quiet_since = time.process_time(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = time.process_time()  # CPU time of all threads of this process
+        if now - last > busy * 0.5:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
+        last = now
+
+
 def run_litert(model_path: str | Path, x: np.ndarray, accelerator: str = "cpu", gpu_precision: str = "fp16",
                runs: int = 1) -> LiteRtRun:
     """Compile `model_path` for `accelerator` and run `x` through it `runs` times (the last one counts).
 
     CPU: XNNPACK with all cores. GPU: GPU only (a graph with an op the GPU cannot run fails to
     compile), with `gpu_precision` arithmetic. LiteRT's output read waits at most ~120 s and a
-    timed-out read leaves that buffer locked; the first GPU run (shader pipelines, weights) can
-    take longer on a software GPU, so a failed first read is retried once on fresh buffers.
+    timed-out read leaves that buffer locked; a run (the first one also compiles the shaders)
+    can take longer on a software GPU, so there the read waits until the GPU's CPU threads go
+    idle, and a failed first read is retried once on fresh buffers.
     Raises PredictError for a missing file or a shape mismatch.
     """
     from ai_edge_litert.compiled_model import CompiledModel
@@ -105,11 +126,14 @@ def run_litert(model_path: str | Path, x: np.ndarray, accelerator: str = "cpu", 
             raise PredictError(f"model expects input shape {list(in_shape)}, got {list(x.shape)}")
         out_shape = tuple(model.get_output_tensor_details(key)[out_names[0]]["shape"])
         timings, retried = [], False
+        adapter = parse_selected_adapter(native) if accelerator == "gpu" else None
         inputs, outputs = model.create_input_buffers(0), model.create_output_buffers(0)
         while len(timings) < runs:
             t0 = time.perf_counter()
             inputs[0].write(x)
             model.run_by_index(0, inputs, outputs)
+            if adapter is not None and adapter.is_software:
+                wait_until_cpu_idle()
             try:
                 depth = outputs[0].read(int(np.prod(out_shape)), np.float32).reshape(out_shape)
             except RuntimeError:
