@@ -24,8 +24,7 @@ from backend.host_engine import HostEngine, SoftwareGpuError
 from conversion.predict import LiteRtRun, depth_errors, run_litert
 from device.host_runner import launch_host_runner
 
-# Measured on the golden input (lavapipe, ai-edge-litert 2.3.0), GPU fp32 arithmetic vs upstream:
-# see GPU_FP32_LIMITS below. Issue 9's targets for fp16 arithmetic (the phone's numerics):
+# Issue 9's targets for fp16 arithmetic (the phone's numerics), vs upstream on the golden input:
 FP16_TARGETS = {"mean_rel": 0.003, "p99_rel": 0.01, "max_rel": 0.10}
 FP16_MIN_CORR = 0.9999
 
@@ -133,9 +132,12 @@ def test_the_full_model_runs_entirely_on_the_gpu(golden_gpu, precision):
     assert run.depth.shape == (1, 1, 448, 448) and np.isfinite(run.depth).all()
 
 
-# GPU fp32 arithmetic vs upstream fp32 on the golden input measured corr 0.999998, mean 0.04%,
-# p99 0.5%, max 26% (a few small depths near the left edge); limits leave ~2x margin.
-GPU_FP32_LIMITS = {"mean_rel": 0.001, "p99_rel": 0.01, "max_rel": 0.5}
+# GPU fp32 arithmetic (fp32 file) vs upstream on the golden input, measured here (lavapipe,
+# ai-edge-litert 2.3.0): corr 0.9999978, mean 0.028%, p99 0.45%, max 0.66%. fp16 arithmetic
+# measured mean 0.73%, p99 2.5%, so these limits (2-7x the fp32 figures) also catch an fp32
+# request that silently ran in fp16. (The random-weights model showed single small-depth
+# pixels up to 26% off in fp32, so max_rel keeps more room than the others.)
+GPU_FP32_LIMITS = {"mean_rel": 0.001, "p99_rel": 0.01, "max_rel": 0.05}
 
 
 def test_gpu_fp32_fidelity_against_upstream(golden_gpu, golden_depth):
@@ -145,7 +147,7 @@ def test_gpu_fp32_fidelity_against_upstream(golden_gpu, golden_depth):
 
 
 def test_gpu_fp16_stays_close_to_upstream(golden_gpu, golden_depth):
-    # A guard that holds on today's graph (measured: mean 1.2-1.4%, p99 5%, corr 0.9998).
+    # A guard that holds on today's graph (measured here: corr 0.99981, mean 0.73%, p99 2.5%, max 4.6%).
     errors = depth_errors(golden_gpu["fp16"].depth, golden_depth)
     assert errors["corr"] >= 0.999 and errors["mean_rel"] <= 0.03, errors
 
