@@ -8,7 +8,7 @@ Layout of this file: the app context (engines, result store, examples), the hand
 level, each takes the context first), one request function shared by the page and the API,
 the page (`demo`, importable, so `gradio app.py` reload works), and main().
 
-    python app.py [--model PATH] [--backend auto|host|device] [--serial SERIAL] [--runner-dir DIR]
+    python app.py [--model PATH] [--backend auto|host|host-gpu|device] [--serial SERIAL] [--runner-dir DIR]
                   [--host 127.0.0.1] [--port 7860] [--allowed-host NAME] [--share] [--temp-dir DIR]
                   [--keep-results SECONDS] [--disk-quota MB]
 """
@@ -127,7 +127,8 @@ def make_backends(model_path: Path, serial: str | None = None, runner_dir: str |
         files = runner_files_in(runner_dir) if runner_dir else None
         return DeviceEngine(model_path, serial, LinkSettings(adb_port=adb_server_port()), files)
 
-    return Backends(lambda: HostEngine(model_path), device_engine)
+    return Backends(lambda: HostEngine(model_path), device_engine,
+                    lambda allow_software: HostEngine(model_path, accelerator="gpu", allow_software_gpu=allow_software))
 
 
 def with_context(handler: Callable) -> Callable:
@@ -596,7 +597,7 @@ def build_demo(keep_results_s: int = serving.DEFAULT_RESULT_MAX_AGE_S) -> gr.Blo
             elem_id="intro")
         with gr.Accordion("Looking at the backends…", open=False, elem_id="backend-panel") as backend_panel:
             with gr.Row():
-                backend = gr.Radio([(BACKEND_LABELS[b], b) for b in ("auto", "device", "host")],
+                backend = gr.Radio([(BACKEND_LABELS[b], b) for b in ("auto", "device", "host", "host-gpu")],
                                    value="auto", label="Backend", scale=3)
                 look_btn = gr.Button("Look for the phone again", scale=1)
             status_md = gr.Markdown("", elem_id="status-panel")
@@ -728,8 +729,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Metric3D v2 metric depth demo (LiteRT).")
     parser.add_argument("--model", help="path to a .tflite (default: $METRIC3D_MODEL, cache, or download)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
-                        help="where the network runs: the host CPU, the Pixel over adb (device), or auto: "
-                             "the Pixel when one is connected, else the host CPU (default)")
+                        help="where the network runs: the host CPU, the host GPU (LiteRT WebGPU), the Pixel "
+                             "over adb (device), or auto: the Pixel when one is connected, else the host GPU "
+                             "if it is a hardware one, else the host CPU (default)")
     parser.add_argument("--serial", help="which phone, when several are connected (see `adb devices`)")
     parser.add_argument("--runner-dir", help="push the runner and the .so files in this folder instead of the "
                                              "`python -m device build-android` build")

@@ -1,8 +1,10 @@
-"""The host engine: the .tflite on this computer's CPU through LiteRT's CompiledModel.
+"""The host engine: the .tflite on this computer's CPU (or GPU) through LiteRT's CompiledModel.
 
 Loaded once per process with buffers created once, so a request pays only for
 normalize + write + run + read. LiteRT defaults to ONE thread; we ask for every core.
 One lock serializes write/run/read because the buffers are shared between requests.
+On the GPU it uses the wheel's WebGPU accelerator (Vulkan, Metal or D3D12 underneath) and
+reports the adapter Dawn selected; a software adapter can be refused (Auto does).
 """
 from __future__ import annotations
 
@@ -19,10 +21,39 @@ from pathlib import Path
 import numpy as np
 
 from backend.engine import EngineError, EngineInfo, Inference
+from backend.gpu_adapter import GpuAdapter, parse_selected_adapter
 from backend.model_info import ModelInfo, ModelInfoError, read_model_info
 from backend.preprocess import normalize
 
 log = logging.getLogger(__name__)
+ACCELERATORS = ("cpu", "gpu")
+GPU_PRECISIONS = ("fp16", "fp32")
+
+
+class SoftwareGpuError(EngineError):
+    """LiteRT's GPU here is a CPU rasterizer (e.g. llvmpipe), far slower than the CPU path."""
+
+
+def litert_options(accelerator: str = "cpu", threads: int | None = None, gpu_precision: str = "fp16"):
+    """LiteRT compile options for the CPU (XNNPACK, `threads`) or the GPU (fp16 or fp32 arithmetic).
+
+    On the GPU, benchmark_mode makes Run wait until the GPU has finished: without it Run only
+    queues the work and the output read waits for it, at most ~120 s inside LiteRT, after which
+    the buffer stays locked for the model's life (measured on lavapipe, ai-edge-litert 2.3.0).
+    Raises ValueError for an unknown accelerator or precision.
+    """
+    from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+    from ai_edge_litert.options import CpuOptions, GpuOptions, Options
+
+    if accelerator == "cpu":
+        return Options(hardware_accelerators=HardwareAccelerator.CPU,
+                       cpu_options=CpuOptions(num_threads=max(1, threads or os.cpu_count() or 1)))
+    if accelerator != "gpu":
+        raise ValueError(f"accelerator must be one of {ACCELERATORS}, got {accelerator!r}")
+    if gpu_precision not in GPU_PRECISIONS:
+        raise ValueError(f"GPU precision must be one of {GPU_PRECISIONS}, got {gpu_precision!r}")
+    return Options(hardware_accelerators=HardwareAccelerator.GPU,
+                   gpu_options=GpuOptions(enforce_f32=gpu_precision == "fp32", benchmark_mode=True))
 
 
 @contextlib.contextmanager
@@ -76,29 +107,41 @@ def _matching_signature(model, size: int) -> tuple[str, str, str]:
 
 
 class HostEngine:
-    """Engine protocol on the host CPU (XNNPACK)."""
+    """Engine protocol on the host CPU (XNNPACK) or, with accelerator="gpu", LiteRT's GPU accelerator.
 
-    def __init__(self, model_path: str | Path, threads: int | None = None) -> None:
+    allow_software_gpu=False refuses a software adapter (SoftwareGpuError) right after the
+    compile, before the warm-up run that would take minutes there.
+    """
+
+    def __init__(self, model_path: str | Path, threads: int | None = None, accelerator: str = "cpu",
+                 gpu_precision: str = "fp16", allow_software_gpu: bool = True) -> None:
         from ai_edge_litert.compiled_model import CompiledModel
-        from ai_edge_litert.cpu_options import CpuOptions
-        from ai_edge_litert.hardware_accelerator import HardwareAccelerator
-        from ai_edge_litert.options import Options
 
         self._threads = max(1, threads or os.cpu_count() or 1)
+        self._accelerator, self._gpu_precision = accelerator, gpu_precision
+        self.adapter: GpuAdapter | None = None
+        self.fully_accelerated: bool | None = None
         try:
             self._model_info: ModelInfo = read_model_info(model_path)
-        except (ModelInfoError, OSError) as exc:
+            options = litert_options(accelerator, self._threads, gpu_precision)
+        except (ModelInfoError, OSError, ValueError) as exc:
             raise EngineError(str(exc)) from exc
         started = time.perf_counter()
-        options = Options(hardware_accelerators=HardwareAccelerator.CPU,
-                          cpu_options=CpuOptions(num_threads=self._threads))
+        load_error: Exception | None = None
         with native_stderr_captured() as native:
             try:
-                self._load(CompiledModel.from_file(str(model_path), options=options))
+                model = CompiledModel.from_file(str(model_path), options=options)
             except (RuntimeError, ValueError) as exc:
-                load_error: Exception | None = exc
-            else:
-                load_error = None
+                load_error = exc
+        if load_error is None and accelerator == "gpu":
+            self._check_gpu(model, native, allow_software_gpu)
+        if load_error is None:
+            with native_stderr_captured() as warm_native:
+                try:
+                    self._load(model)
+                except (RuntimeError, ValueError) as exc:
+                    load_error = exc
+            native += warm_native
         if isinstance(load_error, EngineError):
             raise load_error
         if load_error is not None:
@@ -106,6 +149,21 @@ class HostEngine:
             raise EngineError(f"LiteRT could not load {model_path}: {load_error}"
                               + (f"\n{detail}" if detail else "")) from load_error
         self._load_ms = (time.perf_counter() - started) * 1000.0
+
+    def _check_gpu(self, model, native: list[str], allow_software: bool) -> None:
+        """Record the adapter Dawn selected and full acceleration; refuse a software one if asked."""
+        self.adapter = parse_selected_adapter(native)
+        self.fully_accelerated = bool(model.is_fully_accelerated())
+        refusal = ""
+        if self.adapter is None:
+            refusal = "LiteRT did not say which GPU adapter it selected"
+        elif self.adapter.is_software:
+            refusal = (f"LiteRT's GPU here is a software adapter ({self.adapter.label}), "
+                       "about 30x slower than the CPU")
+        if refusal and not allow_software:
+            with native_stderr_captured():
+                model.close()
+            raise SoftwareGpuError(refusal)
 
     def _load(self, model) -> None:
         """Check the signature, create the buffers once, and warm up (XNNPACK packs weights on the first run)."""
@@ -124,13 +182,15 @@ class HostEngine:
         return self._model_info.input_size
 
     def info(self) -> EngineInfo:
-        return EngineInfo(
-            engine="Host LiteRT",
-            accelerator=f"CPU (XNNPACK, {self._threads} thread{'s' if self._threads != 1 else ''})",
-            model=self._model_info,
-            details={"signature": f"{self._signature}: {self._input_name} -> {self._output_name}",
-                     "load_ms": f"{self._load_ms:.0f}"},
-        )
+        details = {"signature": f"{self._signature}: {self._input_name} -> {self._output_name}",
+                   "load_ms": f"{self._load_ms:.0f}"}
+        if self._accelerator == "gpu":
+            adapter = self.adapter.label if self.adapter else "adapter not reported"
+            accelerator = f"GPU (LiteRT WebGPU on {adapter}; {self._gpu_precision} arithmetic)"
+            details["fully_accelerated"] = str(self.fully_accelerated)
+        else:
+            accelerator = f"CPU (XNNPACK, {self._threads} thread{'s' if self._threads != 1 else ''})"
+        return EngineInfo(engine="Host LiteRT", accelerator=accelerator, model=self._model_info, details=details)
 
     def infer(self, rgb: np.ndarray) -> Inference:
         size = self.input_size

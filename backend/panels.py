@@ -118,7 +118,7 @@ def _problem_markdown(problem: str) -> list[str]:
 
 
 def status_markdown(status: dict, choice: str) -> str:
-    """The status panel for a page whose backend choice is `choice` (auto, host or device)."""
+    """The status panel for a page whose backend choice is `choice` (auto, host, host-gpu or device)."""
     device, problem, host = status["device"], status["device_problem"], status["host"]
     lines: list[str] = []
     if device:
@@ -132,7 +132,13 @@ def status_markdown(status: dict, choice: str) -> str:
     else:
         lines.append(f"**Pixel:** not looked for yet (choose Auto or Pixel, or click {LOOK_AGAIN}).")
     host_engine = f"{host['engine']}, {host['accelerator']}" if host else "Host LiteRT, loaded on first use"
-    if choice == "host":
+    if status.get("host_gpu"):
+        lines.append(f"**Host GPU:** {status['host_gpu']['accelerator']}")
+    if status.get("host_gpu_problem") and choice in ("auto", "host-gpu"):
+        lines.append(status["host_gpu_problem"])
+    if choice == "host-gpu":
+        lines.append("Requests run on the **host GPU** (LiteRT's GPU accelerator, loaded on first use).")
+    elif choice == "host":
         lines.append(f"Requests run on the **host CPU** ({host_engine}).")
     elif device:
         fallback = " If the phone goes away, requests continue on the host CPU." if choice == "auto" else ""

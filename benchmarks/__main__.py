@@ -3,7 +3,7 @@
 Full run: one conversion of the full model (seeded random weights, fp32; its time and peak
 memory are reported), then that model for LiteRT vs PyTorch and resident vs one-shot; the
 stand-in model for the host-side stages and the phone link, whose cost does not depend on
-the network. --quick converts only the stand-in and uses it everywhere with tiny repeat
+the network, and that model on LiteRT's GPU accelerator (fidelity per arithmetic precision). --quick converts only the stand-in and uses it everywhere with tiny repeat
 counts: it checks that every code path runs, its numbers are not budgets.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from backend.host_engine import HostEngine
 from backend.model_info import read_model_info
 from benchmarks.conversion import full_model_command, measure_conversion, stand_in_command
+from benchmarks.gpu import measure_gpu
 from benchmarks.host_post import measure_host_post, measure_host_pre, measure_rerender
 from benchmarks.link import measure_link
 from benchmarks.machine import machine_info
@@ -116,6 +117,9 @@ def run_all(quick: bool, model: Path | None, threads: int, cache: Path = CACHE) 
 
     _say("phone link through the emulated Pixel and the real adb server")
     results.update(measure_link(stand_in, repeats.link, threads))
+
+    _say(f"LiteRT's GPU accelerator, fp32 and fp16 arithmetic, on {model.name} (minutes on a software GPU)")
+    results.update(measure_gpu(model, cache))
 
     results["load_average_end"] = os.getloadavg()
     results["targets"] = evaluate_targets(results)

@@ -21,8 +21,12 @@ REQUIRED = ("host_post_ms", "rerender_ms", "host_pre_ms", "litert_cpu_ms", "torc
 BREAKDOWNS = ("host_post_breakdown_ms", "resident_breakdown_ms", "oneshot_breakdown_ms", "runner_start_breakdown_ms",
               "link_breakdown_ms")
 EXTRA_ROWS = ("rerender_cpu_ms", "rerender_12mp_ms", "rerender_12mp_cpu_ms", "rerender_recolour_12mp_ms", "host_request_ms", "litert_cpu_ms_1thread", "torch_eager_ms_1thread", "litert_speedup_1thread")
+GPU_ROWS = ("gpu_fp16_mean_rel", "gpu_fp16_p99_rel", "gpu_fp32_mean_rel", "gpu_fully_accelerated",
+            "gpu_fp16_max_rel", "gpu_fp16_corr", "gpu_fp32_p99_rel", "gpu_fp32_max_rel", "gpu_fp32_corr")
 UNITS = {"litert_speedup": "x", "litert_speedup_1thread": "x", "resident_gain": "x",
-         "wire_bytes_per_request": "B", "convert_s": "s", "convert_peak_rss_mb": "MiB"}
+         "wire_bytes_per_request": "B", "convert_s": "s", "convert_peak_rss_mb": "MiB",
+         **{k: "%" for k in GPU_ROWS if "_rel" in k}, "gpu_fp16_corr": "", "gpu_fp32_corr": "",
+         "gpu_fully_accelerated": ""}
 _COMPARE = {"<=": operator.le, ">=": operator.ge}
 
 # The worked estimate for a Pixel 8a over USB (README): measured GPU run on the phone and
@@ -68,8 +72,12 @@ def write_json(results: dict, path: Path) -> None:
 
 
 def _fmt(value: object, unit: str = "") -> str:
-    if not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
+    if unit == "%":
+        return f"{value * 100:.4f} %"
+    if "corr" in unit:
+        return f"{value:.6f}"
     if unit == "B":
         return f"{value:,.0f} B"
     if unit == "x":
@@ -82,13 +90,18 @@ def table(results: dict) -> str:
     """A markdown table: every headline key, its value, and its target where it has one."""
     targets = results.get("targets", {})
     rows = ["| key | value | target | |", "|---|---|---|---|"]
-    for key in REQUIRED + EXTRA_ROWS:
+    for key in REQUIRED + EXTRA_ROWS + GPU_ROWS:
         if key not in results:
             continue
-        unit = UNITS.get(key, "ms")
+        unit = UNITS.get(key, "ms") if not key.endswith("_corr") else "corr"
         goal = targets.get(key)
         verdict = ("pass" if goal["pass"] else "FAIL") if goal else ""
         rows.append(f"| `{key}` | {_fmt(results.get(key), unit)} | {goal['target'] if goal else ''} | {verdict} |")
+    if results.get("gpu_skipped"):
+        rows.append(f"| GPU | skipped: {results['gpu_skipped']} | | |")
+    elif "gpu_adapter" in results:
+        rows.append(f"| GPU | {results['gpu_adapter']}; times (s) "
+                    + ", ".join(f"{k} {v}" for k, v in (results.get("gpu_times_s") or {}).items()) + " | | |")
     for group in BREAKDOWNS:
         parts = results.get(group) or {}
         rows.append(f"| `{group}` | " + ", ".join(f"{k} {_fmt(v)}" for k, v in parts.items()) + " | | |")

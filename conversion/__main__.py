@@ -18,6 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--output", type=Path, required=True, help="output .tflite")
     conv.add_argument("--precision", choices=("fp16", "fp32"), default="fp16",
                       help="weight storage: fp16 (half the file) or fp32 (default fp16)")
+    conv.add_argument("--size", type=int, default=448,
+                      help="input size S (multiple of 28); smaller sizes make fast test models (default 448)")
 
     quant = sub.add_parser("quantize", help="fp32 .tflite -> fp16-weight .tflite (metadata kept)")
     quant.add_argument("--input", type=Path, required=True)
@@ -31,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--output", type=Path, required=True, help="where to save depth [1,1,H,W] .npy")
     backend = pred.add_mutually_exclusive_group(required=True)
     backend.add_argument("--checkpoint", type=Path, help="run the faithful PyTorch model")
-    backend.add_argument("--model", type=Path, help="run a .tflite on the CPU with LiteRT")
+    backend.add_argument("--model", type=Path, help="run a .tflite with LiteRT")
+    pred.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu",
+                      help="LiteRT accelerator for --model: cpu (XNNPACK) or gpu (LiteRT's GPU delegate; default cpu)")
+    pred.add_argument("--gpu-precision", choices=("fp16", "fp32"), default="fp16",
+                      help="GPU arithmetic: fp16 (the GPU default, as on the phone) or fp32 (default fp16)")
     return parser
 
 
@@ -41,8 +47,11 @@ def _convert(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and not args.checkpoint.is_file():
         print(f"error: checkpoint not found: {args.checkpoint}", file=sys.stderr)
         return 2
+    if args.size < 28 or args.size % 28:
+        print(f"error: --size must be a positive multiple of 28, got {args.size}", file=sys.stderr)
+        return 2
     stats = convert(args.output, checkpoint=args.checkpoint, random_seed=args.random_weights,
-                    precision=args.precision)
+                    precision=args.precision, size=args.size)
     print(f"wrote {stats.output} ({stats.output_bytes / 1e6:.1f} MB, {stats.precision}, source {stats.source})")
     print(f"conversion time {stats.seconds:.1f} s, peak RSS {stats.peak_rss_mb:.0f} MiB "
           f"(stats in {stats.output}.json)")
@@ -63,7 +72,8 @@ def _predict(args: argparse.Namespace) -> int:
     from conversion.predict import PredictError, run_predict
 
     try:
-        depth = run_predict(args.input, args.output, checkpoint=args.checkpoint, model=args.model)
+        depth = run_predict(args.input, args.output, checkpoint=args.checkpoint, model=args.model,
+                            accelerator=args.accelerator, gpu_precision=args.gpu_precision)
     except PredictError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

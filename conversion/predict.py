@@ -1,13 +1,20 @@
-"""Canonical depth for a float32 NCHW input, from PyTorch (faithful model) or LiteRT (CPU).
+"""Canonical depth for a float32 NCHW input, from PyTorch (faithful model) or LiteRT (CPU or GPU).
 
 Used to compare a conversion with its source: same input file, two backends, two .npy files.
+On the GPU it runs LiteRT's GPU accelerator (WebGPU; on a machine without a GPU, Mesa's
+software Vulkan driver lavapipe) with fp16 or fp32 arithmetic, the phone's numerics path.
 """
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from backend.gpu_adapter import parse_selected_adapter
+from backend.host_engine import native_stderr_captured
 
 
 class PredictError(ValueError):
@@ -42,17 +49,72 @@ def predict_torch(checkpoint: str | Path, x: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(x)).numpy().astype(np.float32)
 
 
-def predict_litert(model_path: str | Path, x: np.ndarray) -> np.ndarray:
-    """LiteRT CompiledModel on the CPU (XNNPACK) with num_threads = all cores."""
+@dataclass(frozen=True)
+class LiteRtRun:
+    """One LiteRT inference: the depth [1,1,H,W] float32 (m) and how it was made."""
+
+    depth: np.ndarray
+    accelerator: str  # "cpu" or "gpu"
+    gpu_precision: str | None  # "fp16" or "fp32" arithmetic on the GPU, None on the CPU
+    fully_accelerated: bool  # LiteRT: every op on the chosen accelerator, nothing left on the CPU
+    compile_s: float
+    run_s: float  # write + run + read of the run whose depth this is
+    first_run_s: float  # the first run (pipeline creation, weight upload)
+    native_log: list[str] = field(default_factory=list, repr=False)
+
+
+def wait_until_cpu_idle(max_s: float = 3600.0, quiet_s: float = 5.0, busy: float = 0.02) -> None:
+    """Block until this process stops using the CPU (less than `busy` of a core for `quiet_s`).
+
+    A software GPU (lavapipe) compiles and runs the shaders on this process's own threads, so
+    once their CPU time stops growing the result is ready, and LiteRT's read, which waits at
+    most ~120 s and then leaves the buffer locked, returns at once. Gives up after `max_s`.
+    """
+    deadline = time.monotonic() + max_s
+    last, quiet_since = time.process_time(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = time.process_time()  # CPU time of all threads of this process
+        if now - last > busy * 0.5:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
+        last = now
+
+
+def run_litert(model_path: str | Path, x: np.ndarray, accelerator: str = "cpu", gpu_precision: str = "fp16",
+               runs: int = 1) -> LiteRtRun:
+    """Compile `model_path` for `accelerator` and run `x` through it `runs` times (the last one counts).
+
+    CPU: XNNPACK with all cores. GPU: GPU only (a graph with an op the GPU cannot run fails to
+    compile), with `gpu_precision` arithmetic. LiteRT's output read waits at most ~120 s and a
+    timed-out read leaves that buffer locked; a run (the first one also compiles the shaders)
+    can take longer on a software GPU, so there the read waits until the GPU's CPU threads go
+    idle, and a failed first read is retried once on fresh buffers.
+    Raises PredictError for a missing file or a shape mismatch.
+    """
     from ai_edge_litert.compiled_model import CompiledModel
-    from ai_edge_litert.hardware_accelerator import HardwareAccelerator
-    from ai_edge_litert.options import CpuOptions, Options
+
+    from backend.host_engine import litert_options
 
     if not Path(model_path).is_file():
         raise PredictError(f"model file not found: {model_path}")
-    options = Options(hardware_accelerators=HardwareAccelerator.CPU,
-                      cpu_options=CpuOptions(num_threads=os.cpu_count() or 1))
-    model = CompiledModel.from_file(str(model_path), options=options)
+    try:
+        options = litert_options(accelerator, os.cpu_count(), gpu_precision)
+    except ValueError as exc:
+        raise PredictError(str(exc)) from None
+    started = time.perf_counter()
+    error: Exception | None = None
+    with native_stderr_captured() as native:
+        try:
+            model = CompiledModel.from_file(str(model_path), options=options)
+        except (RuntimeError, ValueError) as exc:
+            error = exc
+    if error is not None:
+        problems = [ln for ln in native if ln.startswith(("ERROR", "WARNING", "E0")) and "plugin" not in ln]
+        raise PredictError(f"LiteRT could not compile {model_path} for the {accelerator.upper()}: {error}"
+                           + "".join(f"\n{ln}" for ln in problems[-6:])) from error
+    compile_s = time.perf_counter() - started
     try:
         sig = model.get_signature_list()
         key = next(iter(sig))
@@ -63,22 +125,60 @@ def predict_litert(model_path: str | Path, x: np.ndarray) -> np.ndarray:
         if list(in_shape) != list(x.shape):
             raise PredictError(f"model expects input shape {list(in_shape)}, got {list(x.shape)}")
         out_shape = tuple(model.get_output_tensor_details(key)[out_names[0]]["shape"])
+        timings, retried = [], False
+        adapter = parse_selected_adapter(native) if accelerator == "gpu" else None
         inputs, outputs = model.create_input_buffers(0), model.create_output_buffers(0)
-        inputs[0].write(x)
-        model.run_by_index(0, inputs, outputs)
-        return outputs[0].read(int(np.prod(out_shape)), np.float32).reshape(out_shape)
+        while len(timings) < runs:
+            t0 = time.perf_counter()
+            inputs[0].write(x)
+            model.run_by_index(0, inputs, outputs)
+            if adapter is not None and adapter.is_software:
+                wait_until_cpu_idle()
+            try:
+                depth = outputs[0].read(int(np.prod(out_shape)), np.float32).reshape(out_shape)
+            except RuntimeError:
+                if accelerator != "gpu" or timings or retried:
+                    raise
+                retried = True  # LiteRT's read gave up on the first GPU run: fresh buffers, run again
+                inputs, outputs = model.create_input_buffers(0), model.create_output_buffers(0)
+                continue
+            timings.append(time.perf_counter() - t0)
+        return LiteRtRun(np.array(depth, copy=True), accelerator, gpu_precision if accelerator == "gpu" else None,
+                         bool(model.is_fully_accelerated()), compile_s, timings[-1], timings[0], native)
     finally:
-        close = getattr(model, "close", None)
-        if close is not None:
-            close()
+        with native_stderr_captured():
+            model.close()
+
+
+def predict_litert(model_path: str | Path, x: np.ndarray, accelerator: str = "cpu",
+                   gpu_precision: str = "fp16") -> np.ndarray:
+    """LiteRT depth on the CPU (XNNPACK, all cores) or the GPU (see run_litert)."""
+    return run_litert(model_path, x, accelerator, gpu_precision).depth
+
+
+def depth_errors(depth: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Agreement of a depth map with a reference of the same shape (both in m, reference > 0).
+
+    corr: Pearson correlation; mean_rel / p99_rel / max_rel: mean, 99th percentile and max of
+    |depth - reference| / reference over all pixels (the issue's fidelity measures).
+    """
+    if depth.shape != reference.shape:
+        raise ValueError(f"shapes differ: {depth.shape} vs {reference.shape}")
+    d, r = depth.astype(np.float64).ravel(), reference.astype(np.float64).ravel()
+    rel = np.abs(d - r) / r
+    return {"corr": float(np.corrcoef(d, r)[0, 1]), "mean_rel": float(rel.mean()),
+            "p99_rel": float(np.percentile(rel, 99)), "max_rel": float(rel.max())}
 
 
 def run_predict(input_path: str | Path, output_path: str | Path, *, checkpoint: str | Path | None = None,
-                model: str | Path | None = None) -> np.ndarray:
+                model: str | Path | None = None, accelerator: str = "cpu", gpu_precision: str = "fp16") -> np.ndarray:
     if (checkpoint is None) == (model is None):
         raise PredictError("give exactly one of --checkpoint (PyTorch) or --model (LiteRT)")
+    if checkpoint is not None and accelerator != "cpu":
+        raise PredictError("--accelerator applies to --model (LiteRT); PyTorch runs on the CPU")
     x = load_input(input_path)
-    depth = predict_torch(checkpoint, x) if checkpoint is not None else predict_litert(model, x)
+    depth = (predict_torch(checkpoint, x) if checkpoint is not None
+             else predict_litert(model, x, accelerator, gpu_precision))
     Path(output_path).parent.mkdir(parents=True, exist_ok=True)
     np.save(output_path, depth)
     return depth

@@ -1,4 +1,7 @@
-"""Which engine serves a request: the host CPU, the Pixel, or "auto" (the Pixel when present).
+"""Which engine serves a request: the host CPU or GPU, the Pixel, or "auto".
+
+"auto" takes the Pixel when present, else the host GPU when it is a hardware adapter (a
+software one such as llvmpipe is ~30x slower than the CPU), else the host CPU, and says why.
 
 Engines are created once and shared by every request: the host model loads once and the
 phone keeps one resident runner (its GPU compile costs ~2 s). A request picks its engine
@@ -22,8 +25,9 @@ from device.build import RUNNER_NAME
 from device.engine import DeviceEngine
 from device.session import RunnerFiles
 
-BACKENDS = ("auto", "host", "device")
-BACKEND_LABELS = {"auto": "Auto (Pixel if present, else host)", "device": "Pixel", "host": "Host"}
+BACKENDS = ("auto", "host", "host-gpu", "device")
+BACKEND_LABELS = {"auto": "Auto (Pixel if present, else host)", "device": "Pixel", "host": "Host",
+                  "host-gpu": "Host GPU"}
 LOOK_AGAIN_HINT = ("Connect the phone (USB debugging on, this computer authorized) and click "
                    "“Look for the phone again”, or choose Auto or Host.")
 T = TypeVar("T")
@@ -35,7 +39,7 @@ class Pick:
     """The engine one request runs on, where it is, and why "auto" is not on the phone."""
 
     engine: Engine
-    where: str  # "device" or "host"
+    where: str  # "device", "host" or "host-gpu"
     notice: str = ""
 
 
@@ -59,10 +63,17 @@ class Backends:
     device_factory makes a DeviceEngine (no I/O); Backends starts it when it looks for the phone.
     """
 
-    def __init__(self, host_factory: Callable[[], Engine], device_factory: Callable[[], DeviceEngine]) -> None:
+    def __init__(self, host_factory: Callable[[], Engine], device_factory: Callable[[], DeviceEngine],
+                 host_gpu_factory: Callable[[bool], Engine] | None = None) -> None:
+        """host_gpu_factory(allow_software) builds the host GPU engine; it raises EngineError
+        (SoftwareGpuError for a refused software adapter) when it cannot. None: no host GPU."""
         self._host_factory = host_factory
         self._device_factory = device_factory
+        self._host_gpu_factory = host_gpu_factory
         self._host: Engine | None = None
+        self._host_gpu: Engine | None = None
+        self._host_gpu_hardware = False  # the loaded host GPU engine may serve "auto"
+        self._host_gpu_problem = ""  # why "auto" does not use the host GPU
         self._device: DeviceEngine | None = None
         self._problem = ""  # why the phone is not in use ("Pixel not available: ...")
         self._looked = False
@@ -80,6 +91,30 @@ class Backends:
             if self._host is None:
                 self._host = self._host_factory()
             return self._host
+
+    def host_gpu(self, for_auto: bool = False) -> Engine:
+        """The host GPU engine, loaded on first use; for "auto" only on a hardware adapter (else EngineError)."""
+        with self._host_lock:
+            if self._closed:
+                raise EngineError("The app is shutting down.")
+            if self._host_gpu is None:
+                if self._host_gpu_factory is None:
+                    raise EngineError("This app has no host GPU engine.")
+                if for_auto and self._host_gpu_problem:
+                    raise EngineError(self._host_gpu_problem)
+                try:
+                    engine = self._host_gpu_factory(not for_auto)
+                except EngineError as exc:
+                    self._host_gpu_problem = f"Host GPU not used: {exc}"
+                    raise EngineError(self._host_gpu_problem) from exc
+                adapter = getattr(engine, "adapter", None)
+                self._host_gpu, self._host_gpu_hardware = engine, adapter is not None and not adapter.is_software
+                if not self._host_gpu_hardware:
+                    self._host_gpu_problem = (f"Host GPU not used: its adapter is a software one ({adapter.label})"
+                                              if adapter else "Host GPU not used: its adapter type is unknown")
+            if for_auto and not self._host_gpu_hardware:
+                raise EngineError(self._host_gpu_problem)
+            return self._host_gpu
 
     def look_for_phone(self) -> bool:
         """Start the Pixel engine if it is not running; False (and the reason kept) when it cannot."""
@@ -104,12 +139,17 @@ class Backends:
             self._problem, self._looked = problem, True
         return False
 
-    def pick(self, choice: str) -> Pick:
-        """The engine for a request that asked for `choice` (auto, host or device)."""
+    def pick(self, choice: str, load_gpu: bool = True) -> Pick:
+        """The engine for a request that asked for `choice` (auto, host, host-gpu or device).
+
+        load_gpu=False: "auto" uses the host GPU only if it is already loaded (a request that
+        just lost the phone goes on at once instead of waiting for a GPU compile)."""
         if choice not in BACKENDS:
             raise EngineError(f"Unknown backend {choice!r}; choose one of {', '.join(BACKENDS)}.")
         if choice == "host":
             return Pick(self.host(), "host")
+        if choice == "host-gpu":
+            return Pick(self.host_gpu(), "host-gpu")
         if not self._looked:
             self.look_for_phone()
         with self._lock:
@@ -118,6 +158,11 @@ class Backends:
             return Pick(device, "device")
         if choice == "device":
             raise DeviceLinkError(f"{problem}. {LOOK_AGAIN_HINT}")
+        if self._host_gpu_factory is not None and (load_gpu or self._host_gpu is not None):
+            try:
+                return Pick(self.host_gpu(for_auto=True), "host-gpu", f"{problem} — running on the host GPU")
+            except EngineError as exc:
+                problem = f"{problem}; {exc}"
         return Pick(self.host(), "host", f"{problem} — running on the host CPU")
 
     def run(self, choice: str, work: Callable[[Pick], T]) -> tuple[T, Pick]:
@@ -128,7 +173,7 @@ class Backends:
         except EngineError as exc:
             if pick.where != "device" or not self._forget_if_gone(pick.engine, exc) or choice != "auto":
                 raise
-        pick = self.pick(choice)
+        pick = self.pick(choice, load_gpu=False)
         return work(pick), pick
 
     def _forget_if_gone(self, engine: Engine, exc: EngineError) -> bool:
@@ -150,6 +195,13 @@ class Backends:
         with self._lock:
             device, host, problem, looked = self._device, self._host, self._problem, self._looked
         status: dict = {"device": None, "device_problem": problem or None, "looked_for_phone": looked, "host": None}
+        with self._lock:
+            host_gpu, gpu_problem = self._host_gpu, self._host_gpu_problem
+        if host_gpu is not None:
+            info = host_gpu.info()
+            status["host_gpu"] = {"engine": info.engine, "accelerator": info.accelerator}
+        if gpu_problem:
+            status["host_gpu_problem"] = gpu_problem
         if device is not None:
             info = device.info()
             status["device"] = {"engine": info.engine, "accelerator": info.accelerator, **info.details}
@@ -162,8 +214,8 @@ class Backends:
         """Stop the runner on the phone and release the host model (at exit)."""
         with self._search_lock, self._host_lock, self._lock:
             self._closed = True
-            engines = [e for e in (self._device, self._host) if e is not None]
-            self._device = self._host = None
+            engines = [e for e in (self._device, self._host, self._host_gpu) if e is not None]
+            self._device = self._host = self._host_gpu = None
         for engine in engines:
             engine.close()
         for closer in self._closers:

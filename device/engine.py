@@ -23,7 +23,8 @@ from device.adb import DeviceGoneError, DeviceLinkError, Phone
 from device.protocol import Accelerator, RunnerClient, RunnerError
 from device.session import LinkSettings, RunnerFiles, RunnerSession, SessionStart, android_runner_files
 
-_ACCELERATOR_LABELS = {Accelerator.GPU_OPENCL: "GPU (OpenCL", Accelerator.GPU_OPENGL: "GPU (OpenGL"}
+_ACCELERATOR_LABELS = {Accelerator.GPU_OPENCL: "GPU (OpenCL", Accelerator.GPU_OPENGL: "GPU (OpenGL",
+                       Accelerator.GPU_WEBGPU: "GPU (WebGPU"}
 
 
 class DeviceEngine:
@@ -120,7 +121,7 @@ class DeviceEngine:
         if hello.accelerator in _ACCELERATOR_LABELS:
             return f"{_ACCELERATOR_LABELS[hello.accelerator]}, {hello.precision.name.lower()})"
         if self._settings.accelerator == "gpu":
-            return "CPU (the phone's GPU could not compile the model)"
+            return "CPU (the phone's GPU could not compile or run the model)"
         return "CPU"
 
     def infer(self, rgb: np.ndarray) -> Inference:

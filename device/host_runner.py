@@ -155,8 +155,14 @@ def launch_host_runner(
     version: str = RUNNER_VERSION,
     binary: Path | None = None,
     startup_timeout: float = 120.0,
+    libdir: str | os.PathLike | None = None,
 ) -> LaunchedRunner:
-    """Build (if needed) and start the host runner; returns once it prints its ready line."""
+    """Build (if needed) and start the host runner; returns once it prints its ready line.
+
+    libdir is where LiteRT looks for its GPU accelerator library (default: the wheel's folder,
+    which has the WebGPU one); a folder without it makes the GPU compile fail, as on a phone
+    that lacks the library.
+    """
     binary = binary or build_host()
     token = new_token()
     log_dir = tempfile.TemporaryDirectory(prefix="metric3d-runner-")
@@ -165,7 +171,7 @@ def launch_host_runner(
     write_token_file(token_file, token)  # the runner reads and deletes it; mode 0600
     args = build_runner_args(
         str(Path(model_path).resolve()), _socket_spec(socket_kind, folder), str(token_file), accelerator, precision,
-        mean, std, threads, io_timeout_ms, libdir=str(wheel_litert_library().parent), version=version)
+        mean, std, threads, io_timeout_ms, libdir=str(libdir or wheel_litert_library().parent), version=version)
     log_path = folder / "runner.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([str(binary), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)

@@ -66,10 +66,11 @@ class Accelerator(enum.IntEnum):
     CPU = 1
     GPU_OPENCL = 2
     GPU_OPENGL = 3
+    GPU_WEBGPU = 4
 
     @property
     def label(self) -> str:
-        return {1: "cpu", 2: "gpu-opencl", 3: "gpu-opengl"}[self.value]
+        return {1: "cpu", 2: "gpu-opencl", 3: "gpu-opengl", 4: "gpu-webgpu"}[self.value]
 
 
 class Precision(enum.IntEnum):

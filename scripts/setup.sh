@@ -29,6 +29,7 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
   $sudo apt-get update -qq || true
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_packages[@]}"
 fi
+[ "$dev" = 1 ] && scripts/vulkan-driver.sh
 
 # A .venv without pip (made before python3-venv was installed) is made again.
 if [ -x .venv/bin/python ] && ! .venv/bin/python -m pip --version >/dev/null 2>&1; then

@@ -105,6 +105,43 @@ def full_model_fp16(full_model_fp32: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_model_fp32() -> Path:
+    """The full architecture (seed-0 random weights, fp32) at a 112 px input: every op of the real
+    graph with 1/16 of its pixels, for the GPU test that runs in every CI."""
+    out = MODEL_CACHE / f"metric3d_random0_s112_fp32-{_conversion_key()}.tflite"
+    cmd = [sys.executable, "-m", "conversion", "convert", "--random-weights", "0", "--precision", "fp32",
+           "--size", "112", "--output", "{out}"]
+    return _build_once("small full-architecture model (112 px)", cmd, out)
+
+
+@pytest.fixture(scope="session")
+def golden_checkpoint(golden_dir, tmp_path_factory) -> Path:
+    """The golden seed-0 weights as an official-layout .pth (written by the golden generator)."""
+    out = tmp_path_factory.mktemp("golden_ckpt") / "metric3d_golden_s0.pth"
+    subprocess.run([sys.executable, str(golden_dir / "make_weights.py"), "--seed", "0", "--out", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    return out
+
+
+@pytest.fixture(scope="session")
+def golden_models(golden_checkpoint, tmp_path_factory) -> dict[str, Path]:
+    """The golden checkpoint converted once (fp32) by the CLI, then quantized to fp16 by the CLI.
+
+    Session-wide: the conversion tests and the GPU tests share these two files."""
+    out = tmp_path_factory.mktemp("golden_tflite")
+    fp32, fp16 = out / "golden_fp32.tflite", out / "golden_fp16.tflite"
+    for args in (["convert", "--checkpoint", str(golden_checkpoint), "--precision", "fp32", "--output", str(fp32)],
+                 ["quantize", "--input", str(fp32), "--output", str(fp16)]):
+        proc = subprocess.run([sys.executable, "-m", "conversion", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        if args[0] == "convert" and not ("conversion time" in proc.stdout and "peak RSS" in proc.stdout):
+            raise RuntimeError(f"convert did not report its time and memory:\n{proc.stdout[-2000:]}")
+    return {"fp32": fp32, "fp16": fp16}
+
+
+@pytest.fixture(scope="session")
 def host_runner_files():
     """What the tests push as "the runner": the host build and the wheel's libLiteRt.so."""
     return device_testing.host_runner_files()
@@ -142,6 +179,7 @@ MODULE_MARKERS: dict[str, tuple[str, ...]] = {
     "test_device_link": ("slow", "device"),
     "test_export_rewrites": ("slow", "conversion"),
     "test_faults": ("slow", "device"),
+    "test_gpu": ("slow", "gpu"),
     "test_load": ("slow",),
     "test_model_parity": ("slow", "conversion"),
     "test_runner_host": ("device", "gpu"),
@@ -152,6 +190,9 @@ FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
     "wrong_shape_model": ("conversion",),
     "full_model_fp32": ("slow", "conversion"),
     "full_model_fp16": ("slow", "conversion"),
+    "small_model_fp32": ("slow", "conversion"),
+    "golden_checkpoint": ("conversion",),
+    "golden_models": ("slow", "conversion"),
     "phone": ("device",),
     "host_runner_files": ("device",),
     "adb_server_port": ("device",),

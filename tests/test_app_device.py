@@ -83,7 +83,7 @@ def test_the_pixel_runner_computes_and_the_host_agrees(pixel_app, phone):
     _, _, host_npy, host_info = _predict(client, "host")
     assert host_info["engine"] == "Host LiteRT" and host_info["backend"]["used"] == "host"
     assert "transfer" not in host_info["timings_ms"]
-    with pytest.raises(Exception, match="Unknown backend 'gpu'; choose one of auto, host, device"):
+    with pytest.raises(Exception, match="Unknown backend 'gpu'; choose one of auto, host, host-gpu, device"):
         _predict(client, "gpu")
     on_phone, on_host = np.load(npy), np.load(host_npy)
     # The runner replies in float16: equal to the host's float32 depth within half precision.

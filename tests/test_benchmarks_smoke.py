@@ -105,3 +105,19 @@ def test_medians_are_per_stage():
     assert median_ms(lambda: calls.append(1), repeats=3, warmup=2) >= 0 and len(calls) == 5
     with pytest.raises(ValueError):
         median_ms(lambda: None, repeats=0)
+
+
+def test_gpu_keys_are_measured_or_the_missing_adapter_is_named(quick_run):
+    from benchmarks.gpu import KEYS
+
+    results, stdout = quick_run
+    assert set(KEYS) <= set(results)
+    if results.get("gpu_skipped"):
+        assert "no Vulkan adapter" in results["gpu_skipped"] and "GPU | skipped" in stdout
+        return
+    assert results["gpu_fully_accelerated"] is True
+    for precision in ("fp16", "fp32"):
+        mean, p99, top = (results[f"gpu_{precision}_{k}_rel"] for k in ("mean", "p99", "max"))
+        assert 0 <= mean <= top and 0 <= p99 <= top and math.isfinite(top)
+        assert -1 <= results[f"gpu_{precision}_corr"] <= 1
+    assert "`gpu_fp16_mean_rel`" in stdout and "`gpu_fully_accelerated` | True" in stdout

@@ -34,26 +34,6 @@ def _compare(depth: np.ndarray, golden: np.ndarray) -> tuple[float, float]:
 
 
 @pytest.fixture(scope="module")
-def golden_checkpoint(golden_dir, tmp_path_factory) -> Path:
-    """The golden seed-0 weights as an official-layout .pth (written by the golden generator)."""
-    out = tmp_path_factory.mktemp("golden_ckpt") / "metric3d_golden_s0.pth"
-    subprocess.run([sys.executable, str(golden_dir / "make_weights.py"), "--seed", "0", "--out", str(out)],
-                   check=True, capture_output=True, timeout=300)
-    return out
-
-
-@pytest.fixture(scope="module")
-def golden_models(golden_checkpoint, tmp_path_factory) -> dict[str, Path]:
-    """The golden checkpoint converted once (fp32) by the CLI, then quantized to fp16 by the CLI."""
-    out = tmp_path_factory.mktemp("golden_tflite")
-    fp32, fp16 = out / "golden_fp32.tflite", out / "golden_fp16.tflite"
-    proc = _ok(_cli("convert", "--checkpoint", str(golden_checkpoint), "--precision", "fp32", "--output", str(fp32)))
-    assert "conversion time" in proc.stdout and "peak RSS" in proc.stdout
-    _ok(_cli("quantize", "--input", str(fp32), "--output", str(fp16)))
-    return {"fp32": fp32, "fp16": fp16}
-
-
-@pytest.fixture(scope="module")
 def golden_input(golden_dir) -> np.ndarray:
     return np.load(golden_dir / "input_nchw_f32.npy")
 

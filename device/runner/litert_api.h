@@ -99,6 +99,7 @@ typedef struct LiteRtOpaqueOptionsT *LiteRtOpaqueOptions;
 typedef struct LiteRtCompiledModelT *LiteRtCompiledModel;
 typedef struct LiteRtTensorBufferT *LiteRtTensorBuffer;
 typedef struct LiteRtTensorBufferRequirementsT *LiteRtTensorBufferRequirements;
+typedef struct LiteRtAcceleratorT *LiteRtAccelerator;
 
 /* X(return type, name, parameter list): one line per C API function the runner calls. */
 #define LITERT_API_FUNCTIONS(X)                                                                  \
@@ -138,7 +139,12 @@ typedef struct LiteRtTensorBufferRequirementsT *LiteRtTensorBufferRequirements;
     X(LiteRtStatus, LiteRtUnlockTensorBuffer, (LiteRtTensorBuffer))                                \
     X(LiteRtStatus, LiteRtRunCompiledModel,                                                        \
       (LiteRtCompiledModel, LiteRtParamIndex, size_t, LiteRtTensorBuffer *, size_t,                \
-       LiteRtTensorBuffer *))
+       LiteRtTensorBuffer *))                                                                      \
+    X(LiteRtStatus, LiteRtCompiledModelIsFullyAccelerated, (LiteRtCompiledModel, bool *))          \
+    X(LiteRtStatus, LiteRtGetNumAccelerators, (LiteRtEnvironment, LiteRtParamIndex *))             \
+    X(LiteRtStatus, LiteRtGetAccelerator, (LiteRtEnvironment, LiteRtParamIndex, LiteRtAccelerator *)) \
+    X(LiteRtStatus, LiteRtGetAcceleratorName, (LiteRtAccelerator, const char **))                  \
+    X(LiteRtStatus, LiteRtGetAcceleratorHardwareSupport, (LiteRtAccelerator, LiteRtHwAcceleratorSet *))
 
 #define LITERT_DECLARE_POINTER(ret, name, params) ret(*name) params;
 typedef struct {

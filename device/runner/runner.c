@@ -51,7 +51,7 @@ enum {
     ERR_BAD_TOKEN, ERR_MODEL_MISMATCH, ERR_NOT_AUTHENTICATED, ERR_INFERENCE_FAILED,
     ERR_BAD_REQUEST, ERR_TIMEOUT,
 };
-enum { ACCEL_CPU = 1, ACCEL_GPU_OPENCL = 2, ACCEL_GPU_OPENGL = 3 };
+enum { ACCEL_CPU = 1, ACCEL_GPU_OPENCL = 2, ACCEL_GPU_OPENGL = 3, ACCEL_GPU_WEBGPU = 4 };
 enum { PREC_NA = 0, PREC_FP16 = 1, PREC_FP32 = 2, PREC_FP16ACC32 = 3 };
 enum { DTYPE_F32 = 1, DTYPE_F16 = 10 };
 
@@ -367,6 +367,10 @@ typedef struct {
     int size;               /* S: the model takes [1,3,S,S] */
     int accelerator;        /* ACCEL_* actually in use */
     char gpu_error[512];    /* why the GPU was not used */
+    char gpu_library[64];   /* name LiteRT gives its registered GPU accelerator ("" if none) */
+    char accel_basis[160];  /* how `accelerator` is known: LiteRT's report or our accepted request */
+    int fully_accelerated;  /* LiteRtCompiledModelIsFullyAccelerated: 1, 0, or -1 unknown */
+    unsigned gpu_rebuilds;  /* GPU models rebuilt after a failed read */
     double compile_ms, warmup_ms;
     float lut[3][256];      /* (v - mean[c]) / std[c] for every byte value */
 } Model;
@@ -395,6 +399,12 @@ static int load_litert(Model *m, const Args *a, const char *exe_dir) {
     char path[PATH_MAX + 32];
     if (a->litert_lib) snprintf(path, sizeof path, "%s", a->litert_lib);
     else snprintf(path, sizeof path, "%s/libLiteRt.so", exe_dir);
+#if !defined(__ANDROID__)
+    /* Software Vulkan drivers (Mesa lavapipe) JIT-compile shaders that call libm and look the
+     * symbols up in the global scope; the runner itself needs nothing from libm, so its NEEDED
+     * list lacks it and those calls would jump to address 0. Load it globally first. */
+    if (!dlopen("libm.so.6", RTLD_NOW | RTLD_GLOBAL)) log_msg("cannot load libm.so.6: %s", dlerror());
+#endif
     m->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!m->lib && !a->litert_lib) m->lib = dlopen("libLiteRt.so", RTLD_NOW | RTLD_LOCAL);
     if (!m->lib) {
@@ -496,10 +506,14 @@ static LiteRtStatus compile_for(Model *m, int accel, int precision, int threads)
             if (s == kLiteRtStatusOk) s = m->api.LiteRtAddOpaqueOptions(opts, opaque);
         }
     } else {
-        int backend = accel == ACCEL_GPU_OPENCL ? 1 : 3;
+        int backend = accel == ACCEL_GPU_OPENCL ? 1 : accel == ACCEL_GPU_WEBGPU ? 2 : 3; /* LiteRT GpuOptions */
+        /* WebGPU: benchmark_mode makes Run wait for the GPU, so the output lock below never meets
+         * LiteRT's ~120 s bound on a slow (software) GPU; a timed-out lock stays locked for good.
+         * Not used on Android, where a run takes tens of ms and the mode's cost is unmeasured. */
+        const char *wait = accel == ACCEL_GPU_WEBGPU ? "benchmark_mode = true\n" : "";
         s = m->api.LiteRtSetOptionsHardwareAccelerators(opts, kLiteRtHwAcceleratorGpu);
         if (s == kLiteRtStatusOk) {
-            void *text = toml_payload("precision = %d\nbackend = %d\n", precision, backend);
+            void *text = toml_payload("precision = %d\nbackend = %d\n%s", precision, backend, wait);
             s = text ? m->api.LiteRtCreateOpaqueOptions("gpu_options", text, free, &opaque) : kLiteRtStatusErrorMemoryAllocationFailure;
             if (s == kLiteRtStatusOk) s = m->api.LiteRtAddOpaqueOptions(opts, opaque);
         }
@@ -530,45 +544,102 @@ static int create_buffers(Model *m, LiteRtSignature sig) {
 }
 
 static const char *accel_name(int accel) {
-    return accel == ACCEL_GPU_OPENCL ? "gpu-opencl" : accel == ACCEL_GPU_OPENGL ? "gpu-opengl" : "cpu";
+    switch (accel) {
+        case ACCEL_GPU_OPENCL: return "gpu-opencl";
+        case ACCEL_GPU_OPENGL: return "gpu-opengl";
+        case ACCEL_GPU_WEBGPU: return "gpu-webgpu";
+        default: return "cpu";
+    }
 }
 
-static int compile_model(Model *m, const Args *a) {
-    static const int gpu_order[2] = {ACCEL_GPU_OPENCL, ACCEL_GPU_OPENGL};
-    size_t used = 0;
-    m->gpu_error[0] = '\0';
-    if (a->want_gpu) {
-        for (int i = 0; i < 2 && !m->compiled; i++) {
-            double t0 = now_ms();
-            LiteRtStatus s = compile_for(m, gpu_order[i], a->precision, 0);
-            if (s == kLiteRtStatusOk) {
-                m->accelerator = gpu_order[i];
-                m->compile_ms = now_ms() - t0;
-            } else {
-                int n = snprintf(m->gpu_error + used, sizeof m->gpu_error - used, "%s%s: status %d (%s)",
-                                 used ? "; " : "", accel_name(gpu_order[i]), s, status_name(s));
-                if (n > 0 && (size_t)n < sizeof m->gpu_error - used) used += (size_t)n;
-                m->compiled = NULL;
-            }
+static void release_compiled(Model *m) {
+    if (m->input) m->api.LiteRtDestroyTensorBuffer(m->input);
+    if (m->output) m->api.LiteRtDestroyTensorBuffer(m->output);
+    if (m->compiled) m->api.LiteRtDestroyCompiledModel(m->compiled);
+    m->input = m->output = NULL;
+    m->compiled = NULL;
+}
+
+static void add_gpu_error(Model *m, const char *fmt, ...) {
+    size_t used = strlen(m->gpu_error);
+    if (used + 3 >= sizeof m->gpu_error) return;
+    if (used) {
+        memcpy(m->gpu_error + used, "; ", 3);
+        used += 2;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m->gpu_error + used, sizeof m->gpu_error - used, fmt, ap);
+    va_end(ap);
+}
+
+/* After a GPU compile: what LiteRT says about it. LiteRT names the GPU accelerator library it
+ * registered ("GPU WebGPU" on the host) but not the backend an OpenCL/OpenGL library picked, so
+ * on Android the label is the backend we asked for and the library accepted, and says so. */
+static void describe_gpu(Model *m, int requested) {
+    LiteRtParamIndex n = 0;
+    m->gpu_library[0] = '\0';
+    if (m->api.LiteRtGetNumAccelerators(m->env, &n) == kLiteRtStatusOk) {
+        for (LiteRtParamIndex i = 0; i < n && !m->gpu_library[0]; i++) {
+            LiteRtAccelerator acc;
+            LiteRtHwAcceleratorSet hw = 0;
+            const char *name = NULL;
+            if (m->api.LiteRtGetAccelerator(m->env, i, &acc) == kLiteRtStatusOk &&
+                m->api.LiteRtGetAcceleratorHardwareSupport(acc, &hw) == kLiteRtStatusOk &&
+                (hw & kLiteRtHwAcceleratorGpu) && m->api.LiteRtGetAcceleratorName(acc, &name) == kLiteRtStatusOk && name)
+                snprintf(m->gpu_library, sizeof m->gpu_library, "%s", name);
         }
-        if (!m->compiled) log_msg("GPU not available (%s); falling back to CPU", m->gpu_error);
+    }
+    if (strstr(m->gpu_library, "WebGPU")) {
+        m->accelerator = ACCEL_GPU_WEBGPU;
+        snprintf(m->accel_basis, sizeof m->accel_basis, "reported by LiteRT: its GPU accelerator is '%s'",
+                 m->gpu_library);
     } else {
-        snprintf(m->gpu_error, sizeof m->gpu_error, "not requested (accelerator=cpu)");
+        m->accelerator = requested;
+        snprintf(m->accel_basis, sizeof m->accel_basis,
+                 "requested backend %s, accepted by LiteRT's GPU accelerator '%s' (LiteRT does not report the backend)",
+                 accel_name(requested), m->gpu_library[0] ? m->gpu_library : "?");
     }
-    if (!m->compiled) {
+    bool full = false;
+    m->fully_accelerated = m->api.LiteRtCompiledModelIsFullyAccelerated(m->compiled, &full) == kLiteRtStatusOk ? full : -1;
+}
+
+/* Compile on the GPU: WebGPU on the host (the wheel's only GPU library), OpenCL then OpenGL on
+ * Android. Returns 0 with buffers ready, or -1 with the reasons in gpu_error. */
+static int compile_gpu(Model *m, const Args *a, LiteRtSignature sig) {
+#if defined(__ANDROID__)
+    static const int gpu_order[] = {ACCEL_GPU_OPENCL, ACCEL_GPU_OPENGL};
+#else
+    static const int gpu_order[] = {ACCEL_GPU_WEBGPU};
+#endif
+    for (size_t i = 0; i < sizeof gpu_order / sizeof gpu_order[0]; i++) {
         double t0 = now_ms();
-        LiteRtStatus s = compile_for(m, ACCEL_CPU, 0, a->threads);
-        if (s != kLiteRtStatusOk) {
-            m->compiled = NULL;
-            log_msg("cannot compile the model on the CPU either: status %d (%s)", s, status_name(s));
-            return -1;
+        LiteRtStatus s = compile_for(m, gpu_order[i], a->precision, 0);
+        if (s == kLiteRtStatusOk && create_buffers(m, sig) == 0) {
+            m->compile_ms = now_ms() - t0;
+            describe_gpu(m, gpu_order[i]);
+            return 0;
         }
-        m->accelerator = ACCEL_CPU;
-        m->compile_ms = now_ms() - t0;
+        add_gpu_error(m, "%s: compile status %d (%s)", accel_name(gpu_order[i]), s, status_name(s));
+        release_compiled(m);
     }
-    LiteRtSignature sig;
-    if (m->api.LiteRtGetModelSignature(m->model, 0, &sig) != kLiteRtStatusOk || create_buffers(m, sig)) return -1;
-    log_msg("compiled for %s in %.1f ms", accel_name(m->accelerator), m->compile_ms);
+    return -1;
+}
+
+static int compile_cpu(Model *m, const Args *a, LiteRtSignature sig) {
+    double t0 = now_ms();
+    LiteRtStatus s = compile_for(m, ACCEL_CPU, 0, a->threads);
+    if (s != kLiteRtStatusOk) {
+        m->compiled = NULL;
+        log_msg("cannot compile the model on the CPU: status %d (%s)", s, status_name(s));
+        return -1;
+    }
+    m->accelerator = ACCEL_CPU;
+    m->compile_ms = now_ms() - t0;
+    m->fully_accelerated = -1;
+    snprintf(m->accel_basis, sizeof m->accel_basis, a->want_gpu ? "CPU fallback (XNNPACK): the GPU failed, see gpu_error"
+                                                                : "CPU requested (XNNPACK)");
+    if (create_buffers(m, sig)) return -1;
     return 0;
 }
 
@@ -582,7 +653,11 @@ typedef struct {
 } RunStats;
 
 /* One inference: rgb is S*S*3 HWC uint8 (NULL = a black image for the warm-up); the depth
- * goes to out as float32 or float16 (out may be NULL). Returns a LiteRT status. */
+ * goes to out as float32 or float16 (out may be NULL). Returns a LiteRT status.
+ * A GPU run may return once its work is queued (the output then carries no event to wait on,
+ * measured with WebGPU); the output lock is what waits for the result. So compute_us runs
+ * until the lock returns (the depth is ready) and readback_us is the copy/convert after it.
+ * A failed lock may leave the buffer locked: the caller rebuilds the model then. */
 static LiteRtStatus run_model(Model *m, const unsigned char *rgb, void *out, int want_f16, RunStats *st) {
     const size_t plane = (size_t)m->size * m->size;
     void *ptr;
@@ -605,9 +680,9 @@ static LiteRtStatus run_model(Model *m, const unsigned char *rgb, void *out, int
     double t1 = now_ms();
     s = m->api.LiteRtRunCompiledModel(m->compiled, 0, 1, &m->input, 1, &m->output);
     if (s != kLiteRtStatusOk) return s;
-    double t2 = now_ms();
     s = m->api.LiteRtLockTensorBuffer(m->output, &ptr, kLiteRtTensorBufferLockModeRead);
     if (s != kLiteRtStatusOk) return s;
+    double t2 = now_ms();
     const float *depth = ptr;
     uint32_t bad = 0;
     for (size_t i = 0; i < plane; i++) bad += !isfinite(depth[i]);
@@ -626,6 +701,47 @@ static LiteRtStatus run_model(Model *m, const unsigned char *rgb, void *out, int
     return s;
 }
 
+static int warm_up(Model *m) {
+    RunStats st;
+    double t0 = now_ms();
+    LiteRtStatus s = run_model(m, NULL, NULL, 0, &st);
+    m->warmup_ms = now_ms() - t0;
+    if (s != kLiteRtStatusOk) {
+        log_msg("the warm-up run failed on %s after %.0f ms: status %d (%s)", accel_name(m->accelerator),
+                m->warmup_ms, s, status_name(s));
+        if (m->accelerator != ACCEL_CPU)
+            add_gpu_error(m, "%s: warm-up run status %d (%s) after %.0f ms", accel_name(m->accelerator), s,
+                          status_name(s), m->warmup_ms);
+        return -1;
+    }
+    log_msg("warm-up run took %.1f ms", m->warmup_ms);
+    return 0;
+}
+
+/* After a failed GPU run the output buffer may stay locked inside LiteRT: start over with a
+ * fresh compiled model and buffers on the same GPU, or on the CPU if that no longer works. */
+static void rebuild_after_failure(Model *m, const Args *a) {
+    LiteRtSignature sig;
+    int was = m->accelerator;
+    double t0 = now_ms();
+    release_compiled(m);
+    m->gpu_rebuilds++;
+    if (m->api.LiteRtGetModelSignature(m->model, 0, &sig) == kLiteRtStatusOk) {
+        if (compile_for(m, was, a->precision, 0) == kLiteRtStatusOk && create_buffers(m, sig) == 0) {
+            log_msg("rebuilt the %s model in %.1f ms after a failed run", accel_name(was), now_ms() - t0);
+            return;
+        }
+        release_compiled(m);
+        add_gpu_error(m, "%s: could not be rebuilt after a failed run", accel_name(was));
+        if (compile_cpu(m, a, sig) == 0) {
+            log_msg("the GPU model could not be rebuilt; now serving on the CPU");
+            return;
+        }
+    }
+    log_msg("cannot rebuild the model on any accelerator; exiting");
+    exit(EXIT_MODEL);
+}
+
 static int open_model(Model *m, const Args *a, const char *exe_dir) {
     if (load_litert(m, a, exe_dir)) return -1;
     LiteRtEnvOption env_opt = {.tag = kLiteRtEnvOptionTagRuntimeLibraryDir,
@@ -640,18 +756,22 @@ static int open_model(Model *m, const Args *a, const char *exe_dir) {
         log_msg("cannot load the model %s: %s", a->model, status_name(s));
         return -1;
     }
-    if (inspect_model(m) || compile_model(m, a)) return -1;
+    LiteRtSignature sig;
+    if (inspect_model(m) || m->api.LiteRtGetModelSignature(m->model, 0, &sig) != kLiteRtStatusOk) return -1;
     build_lut(m, a);
-    RunStats st;
-    double t0 = now_ms();
-    s = run_model(m, NULL, NULL, 0, &st);
-    m->warmup_ms = now_ms() - t0;
-    if (s != kLiteRtStatusOk) {
-        log_msg("the warm-up run failed on %s: %s", accel_name(m->accelerator), status_name(s));
-        return -1;
+    m->gpu_error[0] = '\0';
+    if (!a->want_gpu) {
+        snprintf(m->gpu_error, sizeof m->gpu_error, "not requested (accelerator=cpu)");
+    } else if (compile_gpu(m, a, sig) == 0) {
+        log_msg("compiled for %s in %.1f ms (%s; fully accelerated: %d)", accel_name(m->accelerator), m->compile_ms,
+                m->accel_basis, m->fully_accelerated);
+        if (warm_up(m) == 0) return 0;
+        release_compiled(m);
     }
-    log_msg("warm-up run took %.1f ms", m->warmup_ms);
-    return 0;
+    if (a->want_gpu) log_msg("GPU not available (%s); falling back to CPU", m->gpu_error);
+    if (compile_cpu(m, a, sig)) return -1;
+    log_msg("compiled for %s in %.1f ms", accel_name(m->accelerator), m->compile_ms);
+    return warm_up(m);
 }
 
 /* ---------------------------------------------------------------- sockets */
@@ -833,11 +953,14 @@ static int handle_info(Server *sv, int fd, uint32_t id) {
     const Model *m = sv->model;
     const Args *a = sv->args;
     static const char *prec[] = {"n/a", "fp16", "fp32", "fp16acc32"};
-    char path[PATH_MAX * 2 + 8], in_name[300], out_name[300], gpu_err[1200], text[4096];
+    char path[PATH_MAX * 2 + 8], in_name[300], out_name[300], gpu_err[1200], gpu_lib[140], basis[340], text[4096];
+    static const char *full[] = {"null", "false", "true"};
     json_string(path, sizeof path, a->model);
     json_string(in_name, sizeof in_name, m->input_name ? m->input_name : "");
     json_string(out_name, sizeof out_name, m->output_name ? m->output_name : "");
     json_string(gpu_err, sizeof gpu_err, m->gpu_error);
+    json_string(gpu_lib, sizeof gpu_lib, m->gpu_library);
+    json_string(basis, sizeof basis, m->accel_basis);
     char out_shape[64];
     int o = snprintf(out_shape, sizeof out_shape, "[");
     for (int i = 0; i < m->out_rank; i++) o += snprintf(out_shape + o, sizeof out_shape - (size_t)o, "%s%d", i ? "," : "", m->out_dims[i]);
@@ -847,12 +970,14 @@ static int handle_info(Server *sv, int fd, uint32_t id) {
                      "\"model_sha256\":\"%s\",\"model_bytes\":%lld,\"input_name\":%s,\"output_name\":%s,"
                      "\"input_shape\":[%d,%d,%d,%d],\"output_shape\":%s,\"accelerator\":\"%s\","
                      "\"requested_accelerator\":\"%s\",\"precision\":\"%s\",\"gpu_error\":%s,"
+                     "\"gpu_library\":%s,\"accelerator_basis\":%s,\"fully_accelerated\":%s,\"gpu_rebuilds\":%u,"
                      "\"compile_ms\":%.3f,\"warmup_ms\":%.3f,\"threads\":%d,\"mean\":[%g,%g,%g],"
                      "\"std\":[%g,%g,%g],\"requests_served\":%llu,\"connections_served\":%llu}",
                      RUNNER_VERSION, RUNNER_PLATFORM, (int)getpid(), path, sv->sha_hex, sv->model_bytes, in_name,
                      out_name, m->in_dims[0], m->in_dims[1], m->in_dims[2], m->in_dims[3], out_shape,
                      accel_name(m->accelerator), a->want_gpu ? "gpu" : "cpu", prec[a->precision], gpu_err,
-                     m->compile_ms, m->warmup_ms, a->threads, a->mean[0], a->mean[1], a->mean[2], a->std[0],
+                     gpu_lib, basis, full[m->fully_accelerated + 1], m->gpu_rebuilds, m->compile_ms, m->warmup_ms,
+                     a->threads, a->mean[0], a->mean[1], a->mean[2], a->std[0],
                      a->std[1], a->std[2], sv->requests, sv->connections);
     if (n < 0 || (size_t)n >= sizeof text) return send_error(fd, id, ERR_INFERENCE_FAILED, "INFO text too long");
     return send_frame(fd, MSG_INFO | REPLY_BIT, id, text, (size_t)n, NULL, 0);
@@ -869,9 +994,13 @@ static int handle_infer(Server *sv, int fd, uint32_t id, int flags, size_t len) 
     RunStats st;
     unsigned char *head = sv->reply;
     LiteRtStatus s = run_model(m, sv->request, head + INFER_REPLY_HEAD, f16, &st);
-    if (s != kLiteRtStatusOk)
-        return send_error(fd, id, ERR_INFERENCE_FAILED, "inference failed on %s: status %d (%s)",
-                          accel_name(m->accelerator), s, status_name(s));
+    if (s != kLiteRtStatusOk) {
+        int was = m->accelerator;
+        if (was != ACCEL_CPU) rebuild_after_failure(m, sv->args);
+        return send_error(fd, id, ERR_INFERENCE_FAILED, "inference failed on %s: status %d (%s)%s%s",
+                          accel_name(was), s, status_name(s), was != ACCEL_CPU ? "; model rebuilt on " : "",
+                          was != ACCEL_CPU ? accel_name(m->accelerator) : "");
+    }
     uint32_t fields[8] = {(uint32_t)m->size, (uint32_t)m->size, f16 ? DTYPE_F16 : DTYPE_F32, st.nonfinite,
                           st.normalize_us, st.compute_us, st.readback_us, 0};
     memcpy(head, fields, sizeof fields);
