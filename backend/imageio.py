@@ -139,8 +139,9 @@ def _signature_format(head: bytes) -> str | None:
     return next((fmt for signature, fmt in _SIGNATURES if head.startswith(signature)), None)
 
 
-def _decode(im: Image.Image, data: bytes, max_pixels: int) -> LoadedImage:
-    width, height = im.size
+def check_size(width: int, height: int, max_pixels: int) -> None:
+    """Raise ImageError for an image over `max_pixels` (a decompression bomb) or with a side
+    under MIN_SIDE; what the decoder and the header probe both refuse."""
     if width * height > max_pixels:
         raise ImageError(
             f"The image is {width} x {height} = {width * height / 1e6:.1f} megapixels; "
@@ -148,6 +149,10 @@ def _decode(im: Image.Image, data: bytes, max_pixels: int) -> LoadedImage:
     if min(width, height) < MIN_SIDE:
         raise ImageError(
             f"The image is only {width} x {height} pixels; each side needs at least {MIN_SIDE} pixels.")
+
+
+def _decode(im: Image.Image, data: bytes, max_pixels: int) -> LoadedImage:
+    check_size(*im.size, max_pixels)
     fmt = im.format or "unknown"
     exif = read_exif(data, im)
     try:

@@ -22,7 +22,7 @@ from PIL.ExifTags import Base
 
 from backend.exif import AXIS_SWAPPING_ORIENTATIONS, ExifCamera, complete_with_exiftool, read_exif
 from backend.imageio import (
-    ACCEPTED_FORMATS, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, MIN_SIDE, ImageError, _too_many_bytes,
+    ACCEPTED_FORMATS, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, _too_many_bytes, check_size,
     _unidentified_message,
 )
 
@@ -74,13 +74,7 @@ def probe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
             raise ImageError(f"The image file is damaged or incomplete: its header cannot be read ({exc}).") from exc
     with im:
         width, height = im.size
-        if width * height > max_pixels:
-            raise ImageError(
-                f"The image is {width} x {height} = {width * height / 1e6:.1f} megapixels; "
-                f"the limit is {max_pixels / 1e6:.0f} megapixels. Please downscale it.")
-        if min(width, height) < MIN_SIDE:
-            raise ImageError(
-                f"The image is only {width} x {height} pixels; each side needs at least {MIN_SIDE} pixels.")
+        check_size(width, height, max_pixels)
         if im.format in _DRAFT_FORMATS:
             _decode_reduced(im)
         if im.format == "PNG" and "exif" not in im.info:
