@@ -102,16 +102,16 @@ def test_the_runner_on_the_gpu_says_so_and_matches_the_python_gpu_path(gpu_engin
         client = launched.client(timeout=120)
         info = client.info()
         rgb = np.random.default_rng(1).integers(0, 256, (448, 448, 3), dtype=np.uint8)
-        depth, compute_ms, nonfinite = client.infer(rgb, want="f32", timeout=300)
+        reply = client.infer(rgb, want="f32", timeout=300)
         client.quit()
     finally:
         launched.stop()
     assert launched.ready["accelerator"] == info["accelerator"] == "gpu-webgpu"
     assert info["gpu_library"] == "GPU WebGPU" and "reported by LiteRT" in info["accelerator_basis"]
     assert info["fully_accelerated"] is True and info["gpu_error"] == "" and info["precision"] == "fp32"
-    assert nonfinite == 0 and compute_ms > 0
+    assert reply.nonfinite == 0 and reply.compute_us > 0
     # Same accelerator, same precision, same normalization: measured bit-identical (fp32 and fp16).
-    np.testing.assert_array_equal(depth, gpu_engine.infer(rgb).depth)
+    np.testing.assert_array_equal(reply.depth, gpu_engine.infer(rgb).depth)
 
 
 def test_every_op_of_the_graph_runs_on_the_gpu(small_gpu_run):
