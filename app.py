@@ -448,14 +448,17 @@ def rerender(ctx: AppContext, fx, fy, cx, cy, source, cmap, min_depth, max_depth
         intrinsics = read_intrinsics(fx, fy, cx, cy)
         options = read_options(cmap, min_depth, max_depth, edge, voxel)
         options = replace(options, field_of_view=state.estimate.framing.mode)  # a new view needs the network
-        if (intrinsics, options, source or BY_HAND) == (state.intrinsics, state.options, state.source) \
-                and not state.failed:
+        source = source or BY_HAND
+        if intrinsics != state.intrinsics and source == state.source:
+            # New numbers under the old source can only be typed: the field's own "edited by
+            # hand" event may not have reached the session state yet (they run side by side).
+            source = BY_HAND
+        if (intrinsics, options, source) == (state.intrinsics, state.options, state.source) and not state.failed:
             return (gr.skip(),) * 10  # a field left without a change: nothing to redraw
-        result = rerender_result(state.estimate, intrinsics, options, **(source or BY_HAND),
-                                 store=ctx.store)
+        result = rerender_result(state.estimate, intrinsics, options, **source, store=ctx.store)
     except USER_ERRORS as exc:
         return _kept("Cannot redraw", exc, state)
-    new = replace(state, intrinsics=intrinsics, source=source or BY_HAND, options=options,
+    new = replace(state, intrinsics=intrinsics, source=source, options=options,
                   rerenders=state.rerenders + 1, rerender_ms=(time.perf_counter() - started) * 1000.0, failed="")
     return _shown(new, result, fov)
 

@@ -41,12 +41,16 @@ CHECKPOINT_REPO = "JUGGHM/Metric3D"  # the official Metric3D v2 weights (Hugging
 
 def _options_text(cached: Path) -> str:
     """Every way to provide the model, each a command that works as printed from the checkout."""
+    from huggingface_hub import hf_hub_url
+
     return (
         "Provide the model in one of these ways:\n"
         f"  1. pass a path: .venv/bin/python app.py --model /path/to/model.tflite (or set {ENV_MODEL});\n"
-        f"  2. download '{PUBLISHED_FILE}' from the Hugging Face repo {PUBLISHED_REPO} by hand and save it as\n"
+        f"  2. download '{PUBLISHED_FILE}' from the Hugging Face repo {PUBLISHED_REPO} by hand\n"
+        f"     ({hf_hub_url(PUBLISHED_REPO, PUBLISHED_FILE)}) and save it as\n"
         f"     {cached}\n"
-        f"  3. convert the official checkpoint ('{CHECKPOINT_FILE}' from the Hugging Face repo {CHECKPOINT_REPO}):\n"
+        f"  3. convert the official checkpoint ('{CHECKPOINT_FILE}' from the Hugging Face repo {CHECKPOINT_REPO},\n"
+        f"     {hf_hub_url(CHECKPOINT_REPO, CHECKPOINT_FILE)}):\n"
         "     .venv/bin/python -m pip install -r requirements-conversion.txt   # the conversion stack (torch CPU)\n"
         f"     .venv/bin/python -m conversion convert --checkpoint {CHECKPOINT_FILE} --output {cached}"
     )
