@@ -218,6 +218,7 @@ def test_all_rewrites_convert_to_gpu_safe_ops_and_keep_their_values(tmp_path):
     path = convert_small(module, x, tmp_path / "rewrites.tflite")
     report = audit_model(path)
     assert report.ok, report.problems
+    assert {"MAXIMUM", "MINIMUM"} <= set(report.ops)  # the interior-exact clamp
     assert {"GELU", "ELU", "GATHER", "GATHER_ND", "TRANSPOSE_CONV", "SELECT", "SELECT_V2",
             "RESIZE_NEAREST_NEIGHBOR", "POW"}.isdisjoint(report.ops)
     with torch.no_grad():
@@ -260,7 +261,7 @@ def test_clamp_interior_exact_equals_upstream_clamp_to_float32_rounding():
     x = torch.cat([torch.linspace(-5.0, 250.0, 100_001), torch.tensor([0.1, 200.0, 0.0999, 200.01])])
     got = ops.clamp_interior_exact(x, 0.1, 200.0)
     torch.testing.assert_close(got, _upstream_clamp(x), rtol=0, atol=2e-5)  # 2e-5 m: ~1 ulp of 200
-    assert got.min().item() == pytest.approx(0.1) and got.max().item() == pytest.approx(200.0)
+    assert got.min().item() == np.float32(0.1) and got.max().item() == 200.0  # the bounds exactly
 
 
 def test_clamp_interior_exact_keeps_fp16_depths_that_upstream_formula_rounds_to_an_eighth():

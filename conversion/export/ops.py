@@ -50,14 +50,14 @@ class GeluErf(nn.Module):
 
 
 def clamp_interior_exact(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    """clamp(x, low, high) from RELU/ADD/SUB that returns interior values unrounded in any precision.
+    """clamp(x, low, high) as MAXIMUM/MINIMUM: interior values pass unrounded in any precision.
 
-    y = x + relu(low - x); y - relu(y - high). Inside [low, high] both ReLUs are exactly 0, so x
-    passes through bit for bit, also in fp16. Upstream's form, 200 - relu(200 - (relu(x - 0.1)
-    + 0.1)), rounds x to the spacing of numbers near 200: 0.125 m in fp16 (1.5e-5 m in fp32).
+    A max/min only selects, so x inside [low, high] comes out bit for bit (also in fp16) and the
+    bounds come out exactly (an ADD/SUB form of the clamp can land an ulp below `low`). Upstream's
+    form, 200 - relu(200 - (relu(x - 0.1) + 0.1)), rounds x to the spacing of numbers near 200:
+    0.125 m in fp16 (1.5e-5 m in fp32).
     """
-    y = x + F.relu(low - x)
-    return y - F.relu(y - high)
+    return torch.clamp(x, low, high)
 
 
 class ClampInteriorExact(nn.Module):
