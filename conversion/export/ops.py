@@ -61,14 +61,14 @@ def clamp_interior_exact(x: torch.Tensor, low: float, high: float) -> torch.Tens
 
 
 class ClampInteriorExact(nn.Module):
-    """`clamp_interior_exact` to fixed bounds, scaled first: clamp(scale * x, low, high)."""
+    """`clamp_interior_exact` to fixed bounds, as a module transform.py can swap in."""
 
-    def __init__(self, low: float, high: float, scale: float = 1.0) -> None:
+    def __init__(self, low: float, high: float) -> None:
         super().__init__()
-        self.low, self.high, self.scale = low, high, scale
+        self.low, self.high = low, high
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return clamp_interior_exact(x * self.scale if self.scale != 1.0 else x, self.low, self.high)
+        return clamp_interior_exact(x, self.low, self.high)
 
 
 def elu_select_free(x: torch.Tensor) -> torch.Tensor:
