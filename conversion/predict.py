@@ -61,6 +61,7 @@ class LiteRtRun:
     run_s: float  # write + run + read of the run whose depth this is
     first_run_s: float  # the first run (pipeline creation, weight upload)
     native_log: list[str] = field(default_factory=list, repr=False)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # every output by name
 
 
 def wait_until_cpu_idle(max_s: float = 3600.0, quiet_s: float = 5.0, busy: float = 0.02) -> None:
@@ -91,7 +92,19 @@ def run_litert(model_path: str | Path, x: np.ndarray, accelerator: str = "cpu", 
     timed-out read leaves that buffer locked; a run (the first one also compiles the shaders)
     can take longer on a software GPU, so there the read waits until the GPU's CPU threads go
     idle, and a failed first read is retried once on fresh buffers.
-    Raises PredictError for a missing file or a shape mismatch.
+    Raises PredictError for a missing file, a model with more than one input or output, or a
+    shape mismatch.
+    """
+    return run_litert_inputs(model_path, [x], accelerator, gpu_precision, runs, single_io=True)
+
+
+def run_litert_inputs(model_path: str | Path, xs: list[np.ndarray], accelerator: str = "cpu",
+                      gpu_precision: str = "fp16", runs: int = 1, single_io: bool = False) -> LiteRtRun:
+    """`run_litert` for a model with several inputs and outputs (e.g. one stage of a network).
+
+    `xs` are the inputs in the converted module's positional order (litert-torch names them
+    args_<i>; with 11+ inputs the signature lists them in another order, so they are matched by
+    name). The run's `outputs` holds every output by signature name; `depth` is the first one.
     """
     from ai_edge_litert.compiled_model import CompiledModel
 
@@ -119,32 +132,46 @@ def run_litert(model_path: str | Path, x: np.ndarray, accelerator: str = "cpu", 
         sig = model.get_signature_list()
         key = next(iter(sig))
         in_names, out_names = sig[key]["inputs"], sig[key]["outputs"]
-        if len(in_names) != 1 or len(out_names) != 1:
+        if single_io and (len(in_names) != 1 or len(out_names) != 1):
             raise PredictError(f"expected one input and one output, model has {in_names} -> {out_names}")
-        in_shape = model.get_input_tensor_details(key)[in_names[0]]["shape"]
-        if list(in_shape) != list(x.shape):
-            raise PredictError(f"model expects input shape {list(in_shape)}, got {list(x.shape)}")
-        out_shape = tuple(model.get_output_tensor_details(key)[out_names[0]]["shape"])
+        if len(in_names) != len(xs):
+            raise PredictError(f"model has {len(in_names)} inputs {in_names}, got {len(xs)} arrays")
+        positional = all(name.startswith("args_") for name in in_names)
+        feeds = {name: np.ascontiguousarray(xs[int(name.rsplit("_", 1)[1]) if positional else i], dtype=np.float32)
+                 for i, name in enumerate(in_names)}
+        in_details, out_details = model.get_input_tensor_details(key), model.get_output_tensor_details(key)
+        for name, x in feeds.items():
+            if list(in_details[name]["shape"]) != list(x.shape):
+                raise PredictError(f"model expects input shape {list(in_details[name]['shape'])}"
+                                   f"{'' if single_io else f' for {name}'}, got {list(x.shape)}")
+        out_shapes = {name: tuple(out_details[name]["shape"]) for name in out_names}
         timings, retried = [], False
         adapter = parse_selected_adapter(native) if accelerator == "gpu" else None
-        inputs, outputs = model.create_input_buffers(0), model.create_output_buffers(0)
+
+        def buffers() -> tuple[dict, dict]:
+            return ({n: model.create_input_buffer_by_name(key, n) for n in in_names},
+                    {n: model.create_output_buffer_by_name(key, n) for n in out_names})
+
+        inputs, outputs = buffers()
         while len(timings) < runs:
             t0 = time.perf_counter()
-            inputs[0].write(x)
-            model.run_by_index(0, inputs, outputs)
+            for name, buf in inputs.items():
+                buf.write(feeds[name])
+            model.run_by_name(key, inputs, outputs)
             if adapter is not None and adapter.is_software:
                 wait_until_cpu_idle()
             try:
-                depth = outputs[0].read(int(np.prod(out_shape)), np.float32).reshape(out_shape)
+                results = {n: np.array(outputs[n].read(int(np.prod(shape)), np.float32).reshape(shape), copy=True)
+                           for n, shape in out_shapes.items()}
             except RuntimeError:
                 if accelerator != "gpu" or timings or retried:
                     raise
                 retried = True  # LiteRT's read gave up on the first GPU run: fresh buffers, run again
-                inputs, outputs = model.create_input_buffers(0), model.create_output_buffers(0)
+                inputs, outputs = buffers()
                 continue
             timings.append(time.perf_counter() - t0)
-        return LiteRtRun(np.array(depth, copy=True), accelerator, gpu_precision if accelerator == "gpu" else None,
-                         bool(model.is_fully_accelerated()), compile_s, timings[-1], timings[0], native)
+        return LiteRtRun(results[out_names[0]], accelerator, gpu_precision if accelerator == "gpu" else None,
+                         bool(model.is_fully_accelerated()), compile_s, timings[-1], timings[0], native, results)
     finally:
         with native_stderr_captured():
             model.close()

@@ -147,13 +147,32 @@ def test_gpu_fp32_fidelity_against_upstream(golden_gpu, golden_depth):
 
 
 def test_gpu_fp16_stays_close_to_upstream(golden_gpu, golden_depth):
-    # A guard that holds on today's graph (measured here: corr 0.99981, mean 0.73%, p99 2.5%, max 4.6%).
+    # A loose guard (measured before the fp16-robust rewrites: corr 0.99981, mean 0.73%, p99 2.5%, max 4.6%).
     errors = depth_errors(golden_gpu["fp16"].depth, golden_depth)
     assert errors["corr"] >= 0.999 and errors["mean_rel"] <= 0.03, errors
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 9 item 3: fp16 arithmetic misses the targets until the fp16-robust "
-                                       "rewrites (branch gpu-fp16) land; remove this mark then")
+# fp16 GPU arithmetic vs upstream after the fp16-robust rewrites (d/100 GRU state, interior-exact
+# clamps, blocked expectation), measured here (lavapipe, ai-edge-litert 2.3.0): mean 0.635%,
+# p99 2.31%, max 3.40%, corr 0.999822 (before them: mean 0.73%, p99 2.5%, max 4.6%). Bounds just
+# above the after-figures and below the before-figures, so a change that loses the rewrites'
+# fp16 accuracy (e.g. back to the (d-200)/100 state) fails here.
+FP16_AFTER_REWRITES_LIMITS = {"mean_rel": 0.0070, "p99_rel": 0.0245, "max_rel": 0.042}
+FP16_AFTER_REWRITES_MIN_CORR = 0.9997
+
+
+def test_gpu_fp16_keeps_the_accuracy_of_the_fp16_robust_rewrites(golden_gpu, golden_depth):
+    errors = depth_errors(golden_gpu["fp16"].depth, golden_depth)
+    print(f"golden fp16 GPU vs upstream: {errors}")
+    print(f"golden fp32 GPU vs upstream: {depth_errors(golden_gpu['fp32'].depth, golden_depth)}")
+    assert errors["corr"] >= FP16_AFTER_REWRITES_MIN_CORR, errors
+    assert all(errors[k] <= v for k, v in FP16_AFTER_REWRITES_LIMITS.items()), errors
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="issue 9 item 3: fp16 arithmetic still misses the targets after the fp16-robust rewrites "
+                          "(measured: mean 0.64%, p99 2.3%, max 3.4%, corr 0.99982); the cause is fp16 "
+                          "accumulation in every long matmul/conv sum, which a graph rewrite cannot remove")
 def test_gpu_fp16_meets_the_fidelity_targets(golden_gpu, golden_depth):
     errors = depth_errors(golden_gpu["fp16"].depth, golden_depth)
     assert errors["corr"] >= FP16_MIN_CORR, errors

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conversion.model.heads import MIN_KAPPA
+from conversion.model.heads import MAX_DEPTH, MIN_DEPTH, MIN_KAPPA, REGRESS_SCALE
 
 # GELU(x) = x * Phi(x) = x * sigmoid(logit Phi(x)), and logit Phi is odd and smooth, so it is
 # fitted as t * Q(t^2) with t = x/4 (degree 13; weighted minimax fit of log_ndtr(x) -
@@ -49,6 +49,28 @@ class GeluErf(nn.Module):
         return gelu_erf(x)
 
 
+def clamp_interior_exact(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """clamp(x, low, high) as MAXIMUM/MINIMUM: interior values pass unrounded in any precision.
+
+    A max/min only selects, so x inside [low, high] comes out bit for bit (also in fp16) and the
+    bounds come out exactly (an ADD/SUB form of the clamp can land an ulp below `low`). Upstream's
+    form, 200 - relu(200 - (relu(x - 0.1) + 0.1)), rounds x to the spacing of numbers near 200:
+    0.125 m in fp16 (1.5e-5 m in fp32).
+    """
+    return torch.clamp(x, low, high)
+
+
+class ClampInteriorExact(nn.Module):
+    """`clamp_interior_exact` to fixed bounds, as a module transform.py can swap in."""
+
+    def __init__(self, low: float, high: float) -> None:
+        super().__init__()
+        self.low, self.high = low, high
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return clamp_interior_exact(x, self.low, self.high)
+
+
 def elu_select_free(x: torch.Tensor) -> torch.Tensor:
     """ELU(alpha=1) as relu(x) + exp(min(x, 0)) - 1 (PyTorch's F.elu lowers to SELECT)."""
     return F.relu(x) + (torch.exp(torch.clamp(x, max=0.0)) - 1.0)
@@ -72,20 +94,53 @@ class NormNormalize(nn.Module):
         return norm_normalize(out)
 
 
-class ExpectedDepth(nn.Module):
-    """heads.ExpectedDepth with the softmax on the last axis and the expectation as one FULLY_CONNECTED.
+class BlockedDotProduct(nn.Module):
+    """x @ weight over the last axis as a two-level sum: blocks of `block` terms, then the blocks.
 
-    [B,K,H,W] logits -> [B,1,H,W]: the bins move to the last (the GPU's channel) axis, where
-    SOFTMAX works natively, and sum(prob * bins) is a matrix product with the [1,K] bins row.
+    [..., K] -> [..., 1]. GPUs running in fp16 accumulate a dot product in fp16, so its rounding
+    error grows with the length of the running sum; summing K = 256 terms as 16 sums of 16 and
+    then one sum of 16 keeps every running sum short. In fp32 it is the same sum, reordered.
+    The block-diagonal first stage is one FULLY_CONNECTED with zeros off the blocks (adding an
+    exact zero does not round). Raises ValueError when K is not a multiple of `block`.
     """
 
-    def __init__(self, bins: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, block: int = 16) -> None:
         super().__init__()
-        self.register_buffer("bins", bins.detach().clone().view(1, -1))
+        k = weight.numel()
+        if k % block:
+            raise ValueError(f"length {k} is not a multiple of the block {block}")
+        groups = k // block
+        flat = weight.detach().reshape(-1)
+        blocks = torch.zeros(groups, k)
+        for g in range(groups):
+            blocks[g, g * block:(g + 1) * block] = flat[g * block:(g + 1) * block]
+        self.register_buffer("blocks", blocks)
+        self.register_buffer("ones", torch.ones(1, groups))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.blocks), self.ones)
+
+
+EXPECTATION_BLOCK = 16
+
+
+class ExpectedDepth(nn.Module):
+    """heads.ExpectedDepth / 100 with the softmax on the last axis and a blocked expectation.
+
+    [B,K,H,W] logits -> d/100 [B,1,H,W]: the bins move to the last (the GPU's channel) axis,
+    where SOFTMAX works natively, and sum(prob * bins/100) is a BlockedDotProduct (blocks of
+    16). The output is in units of 100 m, the export's GRU-state unit (fine fp16 spacing at
+    small depths); the Encode swap (transform.py) takes it from there.
+    """
+
+    def __init__(self, bins: torch.Tensor, scale: float = REGRESS_SCALE) -> None:
+        super().__init__()
+        self.register_buffer("bins", bins.detach().clone(), persistent=False)  # meters, as the faithful's
+        self.expectation = BlockedDotProduct(bins.detach().reshape(-1) / scale, EXPECTATION_BLOCK)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         prob = torch.softmax(logits.permute(0, 2, 3, 1), dim=-1)
-        return F.linear(prob, self.bins).permute(0, 3, 1, 2)
+        return self.expectation(prob).permute(0, 3, 1, 2)
 
 
 class Attention4D(nn.Module):
@@ -285,24 +340,76 @@ class ResizeBilinearAC(nn.Module):
         return resize_bilinear_ac(x, math.floor(h * self.scale), math.floor(w * self.scale))
 
 
+def border_neighbours(height: int, width: int) -> torch.Tensor:
+    """[1,9,H,W]: 1 where 3x3 neighbour k of pixel (h, w) lies outside the map (the zero padding)."""
+    return 1.0 - F.conv2d(torch.ones(1, 1, height, width), neighbour_kernels(), padding=1)
+
+
 class ConvexUpsample(nn.Module):
     """RAFT convex upsampling of a 1-channel [1,1,H,W] map with mask logits [1,9*f*f,H,W].
 
-    Mask channel k*f*f + i*f + j weighs neighbour k (3x3, zero padded) for output pixel
-    (f*h+i, f*w+j); softmax over k. Written with <= 4D tensors and the softmax on the last
+    Mask channel k*f*f + i*f + j weighs neighbour k (3x3 padded with `pad_value`) for output
+    pixel (f*h+i, f*w+j); softmax over k. Written with <= 4D tensors and the softmax on the last
     axis (the GPU's channel axis) instead of upstream's 7D views and F.unfold.
+
+    Upstream pads its state s = (d - 200)/100 with zeros. Upsampling u = s + 2 = d/100 instead
+    (fine fp16 spacing at small depths) needs pad_value 2 for the same result: the softmax
+    weights sum to 1, so sum_k w_k (s_k + 2) = (sum_k w_k s_k) + 2. A non-zero pad needs the
+    map's (height, width) to store the border pattern as a constant (ValueError without it).
     """
 
-    def __init__(self, factor: int = 4) -> None:
+    def __init__(self, factor: int = 4, pad_value: float = 0.0, size: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.factor = factor
         self.neighbours = Neighbours3x3()
+        if pad_value and size is None:
+            raise ValueError("a non-zero pad_value needs the map size")
+        self.register_buffer("padding", pad_value * border_neighbours(*size) if pad_value else None)
 
     def forward(self, flow: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         _, _, h, w = flow.shape
         f = self.factor
         weights = torch.softmax(mask.reshape(9, f * f, h * w).permute(1, 2, 0), dim=-1)  # [ff, HW, 9]
-        neigh = self.neighbours(flow).reshape(9, h * w).transpose(0, 1)  # [HW, 9]
+        neigh = self.neighbours(flow)
+        if self.padding is not None:
+            neigh = neigh + self.padding
+        neigh = neigh.reshape(9, h * w).transpose(0, 1)  # [HW, 9]
         up = torch.sum(weights * neigh, dim=-1)  # [ff, HW]
         up = up.reshape(f, f, h, w).permute(2, 0, 3, 1)  # [H, i, W, j]
         return up.reshape(1, 1, f * h, f * w)
+
+
+# ---- The GRU state in units of 100 m (u = d/100) instead of upstream's s = (d - 200)/100 = u - 2.
+# fp16 spaces numbers near |s| = 1..2 by ~1e-3 (0.1 m); u keeps fp16's fine spacing at small depths.
+STATE_OFFSET = MAX_DEPTH / REGRESS_SCALE  # s = u - 2
+
+
+class StateOffset(nn.Module):
+    """Feature: the export's state [B,C,H,W] (channel 0 = d/100) -> upstream's state (channel 0 - 2).
+
+    Only where the state feeds the 1/4 GRU as its input; the state itself stays d/100.
+    """
+
+    def __init__(self, channels: int, offset: float = STATE_OFFSET) -> None:
+        super().__init__()
+        shift = torch.zeros(1, channels, 1, 1)
+        shift[0, 0] = offset
+        self.register_buffer("offset", shift)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return state - self.offset
+
+
+class UpsampleDepthOver100(nn.Module):
+    """Decode: state [1,C,h,w] (channel 0 = d/100) + mask logits -> depth (m) [1,1,4h,4w], clamped.
+
+    ConvexUpsample with pad 2 (= upstream's zero pad of s), then clamp_interior_exact(100 * up,
+    0.1, 200): the same values as upstream's clamp((up_s * 100) + 200) to fp32 rounding.
+    """
+
+    def __init__(self, size: tuple[int, int], factor: int = 4) -> None:
+        super().__init__()
+        self.upsample = ConvexUpsample(factor, pad_value=STATE_OFFSET, size=size)
+
+    def forward(self, state: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return clamp_interior_exact(self.upsample(state[:, :1], mask) * REGRESS_SCALE, MIN_DEPTH, MAX_DEPTH)

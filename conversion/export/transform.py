@@ -11,22 +11,32 @@ replacements in ops.py, and constant scales are folded into the layer before the
     Token2Feature's nearest   -> NearestResize (0/1 matrix products), moved after the 1x1 conv
     bilinear nn.Upsample      -> ResizeBilinearAC (fixed output size)
     nn.AvgPool2d(3, 2, 1)     -> AvgPool3x3S2IncludePad (explicit zero pad)
-    heads.ExpectedDepth       -> ExpectedDepth (softmax on the last axis, one FULLY_CONNECTED)
+    heads.ExpectedDepth       -> ExpectedDepth (softmax on the last axis, blocked sum; outputs d/100)
     heads.NormNormalize       -> NormNormalize (no POW, select-free ELU)
     gru.ConvexUpsample        -> ConvexUpsample (one-hot conv instead of unfold, <= 4D)
+    heads.DepthToState        -> ClampInteriorExact(0.001, 2) (Encode: the GRU state holds d/100)
+    gru.StateFeature          -> StateOffset (Feature: the 1/4 GRU still reads upstream's d/100 - 2)
+    decoder.UpsampleDepth     -> UpsampleDepthOver100 (Decode: pad d/100 with 2, x100, exact clamp)
     LayerScale, mask's 0.25   -> folded into attn.proj / mlp.fc2 / the mask conv (then Identity)
     pos-embed table           -> resized once (upstream's bicubic, +0.1) for the fixed grid
+
+The last three (with the ExpectedDepth's d/100) are the fp16-robust depth path: GPUs run the
+graph with fp16 tensors and sums, and upstream's state s = (d - 200)/100 lives near |s| = 1..2
+where fp16's spacing is ~1e-3 (0.1 m); d/100 keeps fine spacing at small depths. Clamps pass
+interior values through unrounded and the 256-bin expectation is summed in blocks of 16.
 
 The faithful modules that are already GPU-safe (convs, ConvGRU, clamps, the in-place-ReLU
 reproduction, align_corners resizes in the GRU) run unchanged.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from conversion.export import ops
-from conversion.model import context, dpt, gru, heads, vit
+from conversion.model import context, decoder, dpt, gru, heads, vit
 
 Grid = tuple[int, int]
 
@@ -60,6 +70,10 @@ def _replacement(m: nn.Module) -> nn.Module | None:
         return ops.NormNormalize()
     if type(m) is gru.ConvexUpsample:
         return ops.ConvexUpsample(m.factor)
+    if type(m) is heads.DepthToState:
+        return ops.ClampInteriorExact(heads.MIN_DEPTH / heads.REGRESS_SCALE, heads.MAX_DEPTH / heads.REGRESS_SCALE)
+    if type(m) is gru.StateFeature:
+        return ops.StateOffset(gru.STATE_CHANNELS)
     return None
 
 
@@ -89,6 +103,11 @@ def _fixed_grid_(m: nn.Module, grid: Grid | None) -> None:
         # A 1x1 conv commutes with copying pixels: convolve the 32x32 map, then copy (4x fewer channels).
         m.sample = nn.Sequential(*m.sample, ops.NearestResize(gh, gw, m.resize.scale_factor))
         m.resize = nn.Identity()
+    elif isinstance(m, decoder.RAFTDepthNormalDPT5) and type(m.upsample_depth) is decoder.UpsampleDepth:
+        gh, gw = _need_grid(grid, "the convex upsampling's border")
+        scale = m.token2feature.read_0.resize.scale_factor  # the 1/4 map: the nearest x3.5 of the grid
+        m.upsample_depth = ops.UpsampleDepthOver100((math.floor(gh * scale), math.floor(gw * scale)),
+                                                    m.upsample_depth.upsample.factor)
 
 
 def _is_pointwise_conv(m: nn.Module) -> bool:

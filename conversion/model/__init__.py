@@ -6,7 +6,7 @@ Structure (module attribute paths = official checkpoint keys, e.g.
     Metric3D                              metric3d.py   forward(image) -> canonical depth [B,1,H,W]
     └ depth_model
       ├ encoder: DinoVisionTransformerReg vit.py        prepare_tokens / forward_tokens / pos_embed_for
-      └ decoder: RAFTDepthNormalDPT5      decoder.py    split_tokens, initial_state, context, upsample_depth
+      └ decoder: RAFTDepthNormalDPT5      decoder.py    split_tokens, initial_state, context; swappable encode_depth, state_feature, upsample_depth
         ├ token2feature (EncoderFeature)  dpt.py        read_3, read_2 (1/14), read_1 (1/7), read_0 (1/4)
         ├ decoder_mono (DecoderFeature)   dpt.py        DPT fusion -> 98 channels at 1/4
         ├ depth_regressor, normal_predictor heads.py    256-bin expectation, unit normals

@@ -11,9 +11,9 @@ from torch import nn
 
 from conversion.model.context import ContextFeatureEncoder
 from conversion.model.dpt import DecoderFeature, EncoderFeature
-from conversion.model.gru import BasicMultiUpdateBlock, ConvexUpsample
-from conversion.model.heads import (MAX_DEPTH, REGRESS_SCALE, ExpectedDepth, NormNormalize, clamp_depth,
-                                    depth_regressor, normal_predictor, state_to_depth)
+from conversion.model.gru import BasicMultiUpdateBlock, ConvexUpsample, StateFeature
+from conversion.model.heads import (DepthToState, ExpectedDepth, NormNormalize, depth_regressor, normal_predictor,
+                                    state_to_depth)
 
 # vit.raft5.small.py (+ its dino_vit_small_reg.dpt_raft base): the ViT-S decoder sizes.
 VIT_S_DECODER = {
@@ -26,6 +26,21 @@ VIT_S_DECODER = {
 }
 
 Record = dict[str, torch.Tensor] | None
+
+
+class UpsampleDepth(nn.Module):
+    """Decode: GRU state [B,6,h,w] + convex mask [B,144,h,w] -> clamped depth (m) [B,1,4h,4w].
+
+    Upstream upsamples all six state channels and keeps the first; the upsampling is per
+    channel, so upsampling only the depth channel gives the same values.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.upsample = ConvexUpsample()
+
+    def forward(self, state: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return state_to_depth(self.upsample(state[:, :1], mask))
 
 
 class RAFTDepthNormalDPT5(nn.Module):
@@ -51,7 +66,11 @@ class RAFTDepthNormalDPT5(nn.Module):
         # Weight-free stages as submodules (no checkpoint keys), each swappable by an exporter.
         self.expected_depth = ExpectedDepth()
         self.norm_normalize = NormNormalize()
-        self.upsample = ConvexUpsample()
+        # The GRU state's depth unit in three swappable places: Encode (depth -> state),
+        # Feature (state -> the 1/4 GRU's input), Decode (state -> full-resolution depth).
+        self.encode_depth = DepthToState()
+        self.state_feature = StateFeature()
+        self.upsample_depth = UpsampleDepth()
 
     def split_tokens(self, tokens: torch.Tensor, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """[B,N,C] -> patch features [B,gh,gw,C] and cls+registers flattened to [B,1,1,(1+R)C]."""
@@ -62,7 +81,7 @@ class RAFTDepthNormalDPT5(nn.Module):
         """Fused 1/4 features -> [(d-200)/100, depth conf, unit normal xyz, kappa] (6 channels)."""
         features, depth_conf, normal_conf = ref_feat[:, :-2], ref_feat[:, -2:-1], ref_feat[:, -1:]
         depth = self.expected_depth(self.depth_regressor(features))
-        depth = (clamp_depth(depth) - MAX_DEPTH) / REGRESS_SCALE
+        depth = self.encode_depth(depth)
         normal = self.norm_normalize(torch.cat([self.normal_predictor(features), normal_conf], dim=1))
         return torch.cat((depth, depth_conf, normal), dim=1)
 
@@ -79,14 +98,6 @@ class RAFTDepthNormalDPT5(nn.Module):
                for (_, ctx), conv in zip(cnet, self.context_zqr_convs)]
         return net, inp
 
-    def upsample_depth(self, state: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Low-res state + convex mask -> clamped full-resolution depth (meters, canonical).
-
-        Upstream upsamples all six state channels and keeps the first; the upsampling is per
-        channel, so upsampling only the depth channel gives the same values.
-        """
-        return state_to_depth(self.upsample(state[:, :1], mask))
-
     def forward(self, tokens: torch.Tensor, grid_h: int, grid_w: int, record: Record = None) -> torch.Tensor:
         patches, learned = self.split_tokens(tokens, grid_h, grid_w)
         x, x2, x1, x0 = self.token2feature(patches, learned)
@@ -98,7 +109,7 @@ class RAFTDepthNormalDPT5(nn.Module):
                           net_init_1_14=net[2], depth_bins=self.expected_depth.bins)
         states, depths = [], []
         for itr in range(self.iters):
-            net, mask, delta = self.update_block(net, inp, state)
+            net, mask, delta = self.update_block(net, inp, self.state_feature(state))
             state = state + delta
             if record is not None or itr == self.iters - 1:
                 states.append(state)

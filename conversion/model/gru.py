@@ -31,6 +31,17 @@ class Scale(nn.Module):
         return x * self.factor
 
 
+class StateFeature(nn.Module):
+    """Feature: the GRU state [B,6,H,W] as the 1/4 GRU reads it (upstream: the state itself).
+
+    The identity here; a module so an exporter that holds the state in another unit can map
+    it back to upstream's before the GRU sees it.
+    """
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return state
+
+
 class ConvGRU(nn.Module):
     """Convolutional GRU; cz, cr, cq are the precomputed context terms."""
 

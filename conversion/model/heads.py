@@ -38,6 +38,16 @@ def state_to_depth(state_depth: torch.Tensor) -> torch.Tensor:
     return clamp_depth(state_depth * REGRESS_SCALE + MAX_DEPTH)
 
 
+class DepthToState(nn.Module):
+    """Encode: depth (m) [B,1,H,W] -> the GRU state's depth channel (clamp(d) - 200) / 100.
+
+    A module (no weights) so an exporter can hold the state in another unit.
+    """
+
+    def forward(self, depth: torch.Tensor) -> torch.Tensor:
+        return (clamp_depth(depth) - MAX_DEPTH) / REGRESS_SCALE
+
+
 def norm_normalize(norm_out: torch.Tensor) -> torch.Tensor:
     """Unit-normalize xyz and map the 4th channel to kappa = elu + 1 + 0.01."""
     norm_x, norm_y, norm_z, kappa = torch.split(norm_out, 1, dim=1)
