@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-BUILD_COMMAND = "export ANDROID_NDK_HOME=/path/to/android-ndk; python -m device build-android"
+BUILD_COMMAND = "export ANDROID_NDK_HOME=$HOME/android-ndk-r27; .venv/bin/python -m device build-android"
 LOOK_AGAIN = "“Look for the phone again”"
 _LONG_PATH = re.compile(r"(?<![\w.:/])/(?:[^/\s,;:()'\"`]+/)+([^/\s,;:()'\"`]+/[^/\s,;:()'\"`]+)")
 

@@ -81,7 +81,7 @@ _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 _HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
 # An absolute path of two or more parts (/home/x/..., C:\\x\\...); only its last part is shown.
-_ABS_PATH = re.compile(r"(?<![\w.:/])(?:/[\w.@+-]+){2,}/?|[A-Za-z]:\\(?:[\w.@+ -]+\\)+[\w.@+ -]*")
+_ABS_PATH = re.compile(r"(?<![\w.:/…])(?:/[\w.@+-]+){2,}/?|[A-Za-z]:\\(?:[\w.@+ -]+\\)+[\w.@+ -]*")
 MAX_PUBLIC_MESSAGE_CHARS = 600
 
 

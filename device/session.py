@@ -27,8 +27,8 @@ REMOTE_MODEL_NAME = "model.tflite"
 # The health PING is sent while the runner is idle, so an answer takes milliseconds; a runner
 # that is alive but stuck is restarted after this long instead of the whole request timeout.
 HEALTH_TIMEOUT_S = 2.0
-BUILD_HINT = ("Install the Android NDK (r27) and run: ANDROID_NDK_HOME=/path/to/android-ndk "
-              "python -m device build-android")
+BUILD_HINT = ("Install the Android NDK (r27) and run: ANDROID_NDK_HOME=$HOME/android-ndk-r27 "
+              ".venv/bin/python -m device build-android")
 
 
 @dataclass(frozen=True)

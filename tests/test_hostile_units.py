@@ -314,3 +314,11 @@ def test_probing_a_huge_lossless_webp_does_not_decode_it(tmp_path):
     print(f"\n[probe] peak RSS growth: header probe {probe_kib / 1024:.1f} MiB, full decode {decode_kib / 1024:.1f} MiB")
     assert decode_kib > 90 * 1024, "the reference decode should need the full RGB array"
     assert probe_kib < 8 * 1024
+
+
+def test_public_text_leaves_an_already_shortened_path_alone():
+    """The status panel shortens paths first (panels.shorten_paths); public_text must not add a second ellipsis."""
+    assert serving.public_text("runner …/build/metric3d_runner missing", limit=None) == \
+        "runner …/build/metric3d_runner missing"
+    assert serving.public_text("runner /srv/app/build/metric3d_runner missing", limit=None) == \
+        "runner …/metric3d_runner missing"
